@@ -1,0 +1,1 @@
+"""Built-in DataModules, registered through the `perceiver_mt.datamodules` entry points."""

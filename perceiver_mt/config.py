@@ -1,0 +1,136 @@
+"""Run configuration: typed dataclass schema, YAML files and `dotted.key=value` overrides (OmegaConf).
+
+Every mistake becomes one `ConfigError` line naming the key and what is allowed, e.g.
+`unknown config key 'model.num_latent' (valid: num_latents, latent_channels, ...)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from perceiver_mt.model.perceiver import EncoderConfig
+from perceiver_mt.sampling import SamplingConfig
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, explained in one line."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3  # peak learning rate, reached after warmup
+    weight_decay: float = 0.01  # AdamW decoupled decay, applied to matrices only
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 100  # linear warmup from 0; protects the freshly initialised attention
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at the last step
+
+
+@dataclass
+class TaskConfig:
+    plugin: str = "???"  # registered task plugin name (entry point in `perceiver_mt.tasks`)
+    loss_weight: float = 1.0  # multiplies this task's loss in the summed objective
+    options: dict[str, Any] = field(default_factory=dict)  # the plugin's own typed options
+    data: dict[str, Any] = field(default_factory=dict)  # {name: <registered DataModule>, **its arguments}
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "csv"  # csv | none
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    output_dir: str = "runs/default"  # metrics.json, checkpoints and logs go here
+    model: EncoderConfig = field(default_factory=EncoderConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    steps_per_epoch: int | None = None  # None = the tasks' train batches added up
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)
+    trainer: dict[str, Any] = field(default_factory=dict)  # keyword arguments of lightning.Trainer
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    ckpt_path: str | None = None  # resume from this checkpoint ("last" = output_dir/checkpoints/last.ckpt)
+    test: bool = True  # evaluate the test split of every task after fitting
+
+
+def _explain(error: OmegaConfBaseException, where: str = "") -> ConfigError:
+    key = f"{where}{getattr(error, 'full_key', '') or ''}"
+    if isinstance(error, ConfigKeyError):
+        parent_type = getattr(error, "object_type", None)
+        valid = ", ".join(f.name for f in dataclasses.fields(parent_type)) if dataclasses.is_dataclass(parent_type) else ""
+        return ConfigError(f"unknown config key '{key}'" + (f" (valid: {valid})" if valid else ""))
+    if isinstance(error, ValidationError):
+        return ConfigError(f"bad value for config key '{key}': {str(error).splitlines()[0]}")
+    return ConfigError(f"config error at '{key}': {str(error).splitlines()[0]}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Schema <- YAML file <- `key=value` overrides, validated; returns a typed RunConfig."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(path))
+        for override in overrides or []:
+            if "=" not in override:
+                raise ConfigError(f"override {override!r} must look like dotted.key=value")
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([override]))
+        OmegaConf.resolve(merged)
+        for name, task in merged.tasks.items():
+            if OmegaConf.is_missing(task, "plugin"):
+                raise ConfigError(f"tasks.{name}.plugin is not set: name a registered task plugin")
+        return typing.cast(RunConfig, OmegaConf.to_object(merged))
+    except OmegaConfBaseException as error:
+        raise _explain(error) from None
+
+
+def validate_options(options_class: type, values: dict[str, Any], where: str) -> Any:
+    """Values checked against a dataclass schema (a plugin's options); returns the dataclass instance."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(options_class), values))
+    except OmegaConfBaseException as error:
+        raise _explain(error, f"{where}.") from None
+
+
+def validate_kwargs(target: Any, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Keyword arguments checked against `target`'s signature, typed where its annotations allow."""
+    parameters = {n: p for n, p in inspect.signature(target).parameters.items()
+                  if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    unknown = sorted(set(values) - set(parameters))
+    if unknown:
+        raise ConfigError(f"unknown config key '{where}.{unknown[0]}' (valid: {', '.join(parameters)})")
+    try:
+        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+        schema = dataclasses.make_dataclass(
+            "Arguments", [(n, hints.get(n, Any)) for n in values]
+        )
+        typed = OmegaConf.merge(OmegaConf.structured(schema), values)
+    except OmegaConfBaseException as error:
+        if isinstance(error, ValidationError):
+            raise _explain(error, f"{where}.") from None
+        return dict(values)  # annotations OmegaConf cannot express: names were checked, pass values as given
+    except (TypeError, NameError):
+        return dict(values)
+    return typing.cast(dict, OmegaConf.to_container(typed, resolve=True))
+
+
+def to_yaml(config: RunConfig | DictConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config) if dataclasses.is_dataclass(config) else config)
+
+
+def to_dict(config: RunConfig) -> dict[str, Any]:
+    return typing.cast(dict, OmegaConf.to_container(OmegaConf.structured(config), resolve=True))
+
+
+def from_dict(values: dict[str, Any]) -> RunConfig:
+    return typing.cast(RunConfig, OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), values)))

@@ -1,0 +1,161 @@
+"""Combining per-task DataModules into one multi-task stream, and rank-aware loaders for them.
+
+Each task's DataModule is an ordinary `LightningDataModule`. `MultiTaskDataModule` drives them:
+training yields `{task: batch}` per step (one task, or all of them in "all" mode) with the task chosen
+by `TaskSampler`; validation and test return one loader per task, in sorted task order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sized
+from typing import Any, Callable
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from perceiver_mt.sampling import TaskSampler
+
+
+def rank_and_world(datamodule: LightningDataModule) -> tuple[int, int]:
+    trainer = getattr(datamodule, "trainer", None)
+    if trainer is None:
+        return 0, 1
+    return trainer.global_rank, trainer.world_size
+
+
+class EvalShardSampler(Sampler[int]):
+    """Rank r of w takes indices r, r+w, r+2w, ...: every sample exactly once across ranks, no padding.
+
+    (`DistributedSampler` pads with repeated samples so ranks have equal counts, which double-counts
+    validation metrics; evaluation needs no equal counts because it runs no per-step collectives.)
+    """
+
+    def __init__(self, num_samples: int, rank: int, world_size: int):
+        self.indices = list(range(rank, num_samples, world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def train_loader(
+    datamodule: LightningDataModule, dataset: Dataset, batch_size: int, seed: int, num_workers: int = 0, **kwargs: Any
+) -> DataLoader:
+    """Shuffled loader over this rank's disjoint share of `dataset` (drop_last: no sample on two ranks)."""
+    rank, world = rank_and_world(datamodule)
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    # Workers are not persistent: each pass re-forks them with the dataset's current epoch.
+    return DataLoader(dataset, batch_size, sampler=sampler, drop_last=True, num_workers=num_workers, **kwargs)
+
+
+def eval_loader(
+    datamodule: LightningDataModule, dataset: Dataset, batch_size: int, num_workers: int = 0, **kwargs: Any
+) -> DataLoader:
+    rank, world = rank_and_world(datamodule)
+    sampler = EvalShardSampler(len(dataset), rank, world)  # type: ignore[arg-type]
+    return DataLoader(dataset, batch_size, sampler=sampler, num_workers=num_workers, **kwargs)
+
+
+class _EndlessLoader:
+    """Re-iterates a loader forever, advancing its sampler's epoch so each pass reshuffles."""
+
+    def __init__(self, loader: Any):
+        self.loader = loader
+        self.epoch = 0
+        self.iterator: Iterator | None = None
+
+    def next(self) -> Any:
+        while True:
+            if self.iterator is None:
+                sampler = getattr(self.loader, "sampler", None)
+                dataset = getattr(self.loader, "dataset", None)
+                for reshuffled in (sampler, dataset):  # datasets with per-epoch randomness (masks, crops)
+                    if hasattr(reshuffled, "set_epoch"):
+                        reshuffled.set_epoch(self.epoch)
+                self.iterator = iter(self.loader)
+            try:
+                return next(self.iterator)
+            except StopIteration:
+                self.iterator = None
+                self.epoch += 1
+
+
+class MultiTaskStream:
+    """One training epoch of `{task: batch}` dicts; the task of step s is `sampler.tasks_for_step(s)`."""
+
+    def __init__(self, loaders: dict[str, Any], sampler: TaskSampler, steps_per_epoch: int,
+                 start_step: Callable[[], int], accumulate_grad_batches: int = 1):
+        self.loaders = {name: _EndlessLoader(loader) for name, loader in loaders.items()}
+        self.sampler = sampler
+        self.steps_per_epoch = steps_per_epoch
+        self.start_step = start_step
+        self.accumulate = accumulate_grad_batches
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch * self.accumulate
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        first_step = self.start_step()
+        for i in range(len(self)):
+            step = first_step + i // self.accumulate
+            yield {task: self.loaders[task].next() for task in self.sampler.tasks_for_step(step)}
+
+
+class MultiTaskDataModule(LightningDataModule):
+    def __init__(self, datamodules: dict[str, LightningDataModule], sampler_factory: Callable[[dict[str, int]], TaskSampler],
+                 steps_per_epoch: int | None = None):
+        super().__init__()
+        self.datamodules = dict(sorted(datamodules.items()))
+        self.sampler_factory = sampler_factory
+        self.steps_per_epoch = steps_per_epoch
+        self.sampler: TaskSampler | None = None
+
+    @property
+    def task_names(self) -> list[str]:
+        """Evaluation loader order: dataloader_idx i is task_names[i]."""
+        return list(self.datamodules)
+
+    def prepare_data(self) -> None:
+        for dm in self.datamodules.values():
+            dm.prepare_data()
+
+    def setup(self, stage: str) -> None:
+        for dm in self.datamodules.values():
+            dm.trainer = self.trainer  # children shard by the trainer's rank and world size
+            dm.setup(stage)
+        if stage == "fit":
+            self.sampler = self.sampler_factory({name: num_train_samples(dm) for name, dm in self.datamodules.items()})
+
+    def train_dataloader(self) -> MultiTaskStream:
+        loaders = {name: dm.train_dataloader() for name, dm in self.datamodules.items()}
+        steps = self.steps_per_epoch or sum(len(loader) for loader in loaders.values())
+        trainer = self.trainer
+        return MultiTaskStream(
+            loaders, self.sampler, steps,
+            start_step=(lambda: trainer.global_step) if trainer is not None else (lambda: 0),
+            accumulate_grad_batches=trainer.accumulate_grad_batches if trainer is not None else 1,
+        )
+
+    def val_dataloader(self) -> list[Any]:
+        return [dm.val_dataloader() for dm in self.datamodules.values()]
+
+    def test_dataloader(self) -> list[Any]:
+        return [dm.test_dataloader() for dm in self.datamodules.values()]
+
+
+def num_train_samples(datamodule: LightningDataModule) -> int:
+    """Training-set size of a task's DataModule, for size-based task sampling."""
+    declared = getattr(datamodule, "num_train_samples", None)
+    if declared is not None:
+        return int(declared)
+    dataset = getattr(datamodule.train_dataloader(), "dataset", None)
+    if isinstance(dataset, Sized):
+        return len(dataset)
+    raise ValueError(
+        f"{type(datamodule).__name__} has no `num_train_samples` and an unsized train set; "
+        "set the attribute in its setup() so size-based task sampling can weigh it"
+    )
+

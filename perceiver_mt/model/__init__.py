@@ -1,0 +1,16 @@
+"""Perceiver IO in pure PyTorch."""
+
+from perceiver_mt.model.multitask import MultiTaskPerceiver, TaskModel
+from perceiver_mt.model.perceiver import DecoderConfig, EncoderConfig, PerceiverDecoder, PerceiverEncoder
+from perceiver_mt.model.position import (
+    FourierPositionEncoding,
+    LearnedPositionEncoding,
+    fourier_channels,
+    fourier_features,
+    linear_positions,
+)
+
+__all__ = [
+    "DecoderConfig", "EncoderConfig", "FourierPositionEncoding", "LearnedPositionEncoding", "MultiTaskPerceiver",
+    "PerceiverDecoder", "PerceiverEncoder", "TaskModel", "fourier_channels", "fourier_features", "linear_positions",
+]

@@ -1,0 +1,107 @@
+"""One training job from a RunConfig: build system, data and Trainer; fit; evaluate; write the results."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from perceiver_mt.config import ConfigError, RunConfig, validate_kwargs
+from perceiver_mt.data import MultiTaskDataModule
+from perceiver_mt.registry import load_datamodule
+from perceiver_mt.sampling import TaskSampler
+from perceiver_mt.system import MultiTaskSystem
+from perceiver_mt.task import Task
+
+
+def build_task_datamodule(name: str, task: Task, data: dict[str, Any], seed: int) -> LightningDataModule:
+    """The DataModule feeding task instance `name`: the plugin's default unless `data.name` says otherwise."""
+    data = dict(data)
+    datamodule_class = load_datamodule(data.pop("name", None) or task.default_data)
+    kwargs = {**task.datamodule_defaults(), **data}
+    accepted = inspect.signature(datamodule_class).parameters
+    kwargs = {k: v for k, v in kwargs.items() if k in accepted or k in data}  # defaults only where they apply
+    if "seed" in accepted and "seed" not in kwargs:
+        kwargs["seed"] = seed
+    return datamodule_class(**validate_kwargs(datamodule_class, kwargs, f"tasks.{name}.data"))
+
+
+def build_datamodule(config: RunConfig, system: MultiTaskSystem) -> MultiTaskDataModule:
+    datamodules = {
+        name: build_task_datamodule(name, task, config.tasks[name].data, config.seed)
+        for name, task in system.task_plugins.items()
+    }
+    return MultiTaskDataModule(
+        datamodules, lambda sizes: TaskSampler(config.sampling, sizes, config.seed), config.steps_per_epoch
+    )
+
+
+def build_logger(config: RunConfig) -> Any:
+    if config.logger.kind == "csv":
+        return CSVLogger(config.output_dir, name="logs")
+    if config.logger.kind == "none":
+        return False
+    raise ConfigError(f"logger.kind={config.logger.kind!r} is unknown; choose one of csv, none")
+
+
+def build_trainer(config: RunConfig, **extra: Any) -> Trainer:
+    kwargs = validate_kwargs(Trainer, dict(config.trainer), "trainer")
+    checkpoints = ModelCheckpoint(dirpath=Path(config.output_dir) / "checkpoints", save_last=True, save_top_k=0)
+    kwargs.setdefault("default_root_dir", config.output_dir)
+    kwargs["callbacks"] = [checkpoints, *kwargs.get("callbacks", []), *extra.pop("callbacks", [])]
+    kwargs.setdefault("logger", build_logger(config))
+    kwargs.setdefault("use_distributed_sampler", False)  # task DataModules shard by rank themselves
+    return Trainer(**{**kwargs, **extra})
+
+
+def resolve_checkpoint(config: RunConfig) -> str | None:
+    if config.ckpt_path != "last":
+        return config.ckpt_path
+    last = Path(config.output_dir) / "checkpoints" / "last.ckpt"
+    return str(last) if last.is_file() else None  # nothing yet: start fresh, so `ckpt_path=last` is always safe
+
+
+def collect_metrics(results: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Lightning's flat `split/task/metric` results  ->  {task: {"split/metric": value}}."""
+    table: dict[str, dict[str, float]] = {}
+    for result in results:
+        for key, value in result.items():
+            split, task, metric = key.split("/", 2)
+            table.setdefault(task, {})[f"{split}/{metric}"] = float(value)
+    return table
+
+
+def format_table(metrics: dict[str, dict[str, float]]) -> str:
+    columns = sorted({column for row in metrics.values() for column in row})
+    lines = [" | ".join(["task".ljust(14)] + [c.rjust(18) for c in columns])]
+    for task, row in sorted(metrics.items()):
+        cells = [f"{row[c]:.4f}" if c in row and not math.isnan(row[c]) else "-" for c in columns]
+        lines.append(" | ".join([task.ljust(14)] + [c.rjust(18) for c in cells]))
+    return "\n".join(lines)
+
+
+def train(config: RunConfig) -> dict[str, dict[str, float]]:
+    """Fit, then validate and test every task; writes `<output_dir>/metrics.json`, returns the same table."""
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    system = MultiTaskSystem.from_config(config)
+    datamodule = build_datamodule(config, system)
+    trainer = build_trainer(config)
+    trainer.fit(system, datamodule=datamodule, ckpt_path=resolve_checkpoint(config))
+    results = trainer.validate(system, datamodule=datamodule, verbose=False)
+    if config.test:
+        results += trainer.test(system, datamodule=datamodule, verbose=False)
+    metrics = collect_metrics(results)
+    if trainer.is_global_zero:
+        output = Path(config.output_dir)
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        print(format_table(metrics))
+        print(f"metrics: {output / 'metrics.json'}  checkpoint: {output / 'checkpoints' / 'last.ckpt'}")
+    return metrics

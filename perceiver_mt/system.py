@@ -1,0 +1,88 @@
+"""The multi-task LightningModule: routes each batch to its task, sums weighted losses, logs per task.
+
+It defines no layers: the network is `MultiTaskPerceiver`, built from task plugins found in the registry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import nn
+
+from perceiver_mt.config import RunConfig, from_dict, to_dict, validate_options
+from perceiver_mt.model.multitask import MultiTaskPerceiver
+from perceiver_mt.optim import build_optimizer
+from perceiver_mt.registry import load_task
+from perceiver_mt.task import Batch, Task
+
+SPLITS = ("train", "val", "test")
+
+
+def build_tasks(config: RunConfig) -> dict[str, Task]:
+    """Task plugin instances by instance name, options validated against each plugin's schema."""
+    tasks = {}
+    for name, task_config in sorted(config.tasks.items()):
+        plugin = load_task(task_config.plugin)
+        options = validate_options(plugin.options_class, task_config.options, f"tasks.{name}.options")
+        tasks[name] = plugin(name, options, config.model)
+    return tasks
+
+
+class MultiTaskSystem(LightningModule):
+    def __init__(self, config: dict[str, Any]):
+        """`config` is a resolved RunConfig as a plain dict, so checkpoints rebuild the same system."""
+        super().__init__()
+        self.save_hyperparameters()
+        self.run_config = from_dict(config)
+        self.task_plugins = build_tasks(self.run_config)
+        self.task_names = list(self.task_plugins)  # sorted: evaluation dataloader i is task_names[i]
+        self.model = MultiTaskPerceiver(self.run_config.model, self.task_plugins)
+        # Keyed "<split>_metrics" because nn.Module already has an attribute called `train`.
+        self.metrics = nn.ModuleDict({
+            f"{split}_metrics": nn.ModuleDict({
+                name: task.build_metrics().clone(prefix=f"{split}/{name}/") for name, task in self.task_plugins.items()
+            })
+            for split in SPLITS
+        })
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> "MultiTaskSystem":
+        return cls(to_dict(config))
+
+    def forward(self, task: str, batch: Batch) -> torch.Tensor:
+        return self.model(task, batch)
+
+    def training_step(self, batch: dict[str, Batch], batch_idx: int) -> torch.Tensor:
+        total = torch.zeros((), device=self.device)
+        for task, task_batch in batch.items():
+            loss = self._shared_step("train", task, task_batch)
+            total = total + self.run_config.tasks[task].loss_weight * loss
+        self.log("train/loss", total, prog_bar=True, batch_size=1)
+        return total
+
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._shared_step("val", self.task_names[dataloader_idx], batch)
+
+    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._shared_step("test", self.task_names[dataloader_idx], batch)
+
+    def configure_optimizers(self) -> dict:
+        total_steps = self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
+        return build_optimizer(self.model, self.run_config.optim, total_steps)
+
+    def _shared_step(self, split: str, task: str, batch: Batch) -> torch.Tensor:
+        plugin = self.task_plugins[task]
+        plugin.check_batch(batch)
+        outputs = self.model(task, batch)
+        loss = plugin.loss(outputs, batch)
+        metrics = self.metrics[f"{split}_metrics"][task]
+        plugin.update_metrics(metrics, outputs, batch)
+        batch_size = len(batch["index"]) if "index" in batch else 1
+        on_step = split == "train"
+        # Metric objects are logged, not values: Lightning then syncs them across ranks at compute().
+        self.log(f"{split}/{task}/loss", loss, on_step=on_step, on_epoch=True, batch_size=batch_size,
+                 add_dataloader_idx=False, sync_dist=not on_step)
+        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=batch_size, add_dataloader_idx=False)
+        return loss

@@ -1,0 +1,88 @@
+"""The task plugin interface: everything that makes one problem different from another.
+
+A plugin subclasses `Task` in one file and registers it under the `perceiver_mt.tasks` entry-point
+group. The core builds a `TaskModel` from it (adapter -> shared encoder -> queries x decoder -> head)
+and calls `loss` and `update_metrics` on every batch. A batch is a dict with at least:
+
+    "inputs": whatever the adapter reads (a tensor, or a dict of tensors for several modalities)
+    "target": whatever `loss` compares against
+    "index":  (B,) int64 sample ids, unique within a split (used to check sharding)
+
+and any extra keys the task wants (padding masks, loss masks, query subsets).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+
+from perceiver_mt.model.perceiver import DecoderConfig, EncoderConfig
+
+Batch = dict[str, Any]
+
+
+@dataclass
+class NoOptions:
+    """Options of a task that has none."""
+
+
+class Task(abc.ABC):
+    """Base class of task plugins. Subclasses set the class attributes and fill in the hooks."""
+
+    options_class: ClassVar[type] = NoOptions  # a dataclass: the task's typed, validated options
+    default_data: ClassVar[str] = ""  # registered DataModule name that feeds this task unless configured
+
+    def __init__(self, name: str, options: Any, encoder: EncoderConfig):
+        self.name = name  # the task *instance* name from the config (two instances may share a plugin)
+        self.options = options
+        self.encoder = encoder
+
+    # --- model parts -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def build_adapter(self) -> nn.Module:
+        """Module: batch -> tokens (B, M, encoder.input_channels), or (tokens, pad_mask (B, M) True = pad)."""
+
+    @abc.abstractmethod
+    def build_queries(self) -> nn.Module:
+        """Module: batch -> output queries (B, O, decoder_config().query_channels)."""
+
+    def decoder_config(self) -> DecoderConfig:
+        return DecoderConfig()
+
+    @abc.abstractmethod
+    def build_head(self) -> nn.Module:
+        """Module: decoder output (B, O, query_channels) -> the task's outputs (e.g. logits)."""
+
+    # --- objective ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Scalar training loss of one batch."""
+
+    @abc.abstractmethod
+    def build_metrics(self) -> MetricCollection:
+        """Fresh torchmetrics; the system makes one copy per split and syncs them across ranks."""
+
+    def update_metrics(self, metrics: MetricCollection, outputs: torch.Tensor, batch: Batch) -> None:
+        metrics.update(outputs.detach(), batch["target"])
+
+    # --- data ----------------------------------------------------------------------------------------
+    def datamodule_defaults(self) -> dict[str, Any]:
+        """DataModule arguments implied by the task's options (e.g. sequence length); config overrides them."""
+        return {}
+
+    # --- checks and inference ----------------------------------------------------------------------
+    def check_batch(self, batch: Batch) -> None:
+        """Raise ValueError (one line: what was wrong, what is allowed) for input the task cannot take."""
+
+    def make_batch(self, raw: Any) -> Batch:
+        """Raw user input (as documented by the task)  ->  a batch for inference. Default: the tensor as is."""
+        return {"inputs": torch.as_tensor(raw)}
+
+    def predict(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Turn raw outputs into predictions for `perceiver_mt.inference`. Default: argmax over classes."""
+        return outputs.argmax(dim=-1)

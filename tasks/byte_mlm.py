@@ -1,0 +1,146 @@
+"""Byte-level masked language modelling: raw UTF-8 bytes in, one output query per byte position.
+
+The adapter embeds bytes (plus MASK and PAD) and adds learned positions. Each output query is a
+learned position vector; with `query_context > 0` it also carries the (masked) input bytes of a small
+window around it, the way Perceiver IO's flow decoder builds queries from input features: the latents
+then only have to supply what the neighbourhood cannot. Loss and accuracy count masked positions only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from perceiver_mt.model import DecoderConfig, LearnedPositionEncoding
+from perceiver_mt.task import Batch, Task
+
+VOCAB = 258  # 256 byte values, MASK, PAD
+MASK_ID, PAD_ID = 256, 257
+NUM_BYTES = 256
+
+
+@dataclass
+class ByteMLMOptions:
+    seq_len: int = 128  # bytes per sample; must match the DataModule's
+    mask_prob: float = 0.15  # passed to the DataModule unless its config says otherwise
+    query_channels: int = 64
+    query_context: int = 0  # bytes each side of a position mixed into its output query (0 = position only)
+    decoder_heads: int = 1
+    mask_char: str = "\u2588"  # marks masked characters in text given to `make_batch`
+
+
+class ByteAdapter(nn.Module):
+    """(B, L) byte ids  ->  (B, L, C) tokens: byte embedding + learned position."""
+
+    def __init__(self, channels: int, seq_len: int):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, channels)
+        self.position = LearnedPositionEncoding(seq_len, channels)
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = batch["inputs"]
+        tokens = self.embed(ids) + self.position(ids.shape[0])  # (B, L, C)
+        return tokens, ids == PAD_ID
+
+
+class PositionQueries(nn.Module):
+    """One query per byte: learned position (+ embedded bytes of a window around it)."""
+
+    def __init__(self, channels: int, seq_len: int, context: int):
+        super().__init__()
+        self.position = LearnedPositionEncoding(seq_len, channels)
+        self.context = context
+        if context:
+            self.embed = nn.Embedding(VOCAB, channels)
+            self.mix = nn.Conv1d(channels, channels, kernel_size=2 * context + 1, padding=context)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        ids = batch["inputs"]
+        queries = self.position(ids.shape[0])  # (B, L, Cq)
+        if self.context:
+            queries = queries + self.mix(self.embed(ids).transpose(1, 2)).transpose(1, 2)
+        return queries
+
+
+class MostFrequentByteAccuracy(Metric):
+    """Accuracy of always guessing the single most frequent masked byte: the baseline to beat.
+
+    It uses the evaluated text's own counts, so it is an upper bound on any fixed-guess baseline.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("counts", torch.zeros(NUM_BYTES, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        self.counts += torch.bincount(target, minlength=NUM_BYTES)
+
+    def compute(self) -> torch.Tensor:
+        return self.counts.max().float() / self.counts.sum().clamp(min=1)
+
+
+class ByteMLMTask(Task):
+    options_class = ByteMLMOptions
+    default_data = "pydoc_text"
+
+    def build_adapter(self) -> nn.Module:
+        return ByteAdapter(self.encoder.input_channels, self.options.seq_len)
+
+    def build_queries(self) -> nn.Module:
+        return PositionQueries(self.options.query_channels, self.options.seq_len, self.options.query_context)
+
+    def decoder_config(self) -> DecoderConfig:
+        return DecoderConfig(query_channels=self.options.query_channels, num_heads=self.options.decoder_heads)
+
+    def build_head(self) -> nn.Module:
+        return nn.Linear(self.options.query_channels, NUM_BYTES)  # (B, L, 256) logits
+
+    def datamodule_defaults(self) -> dict:
+        return {"seq_len": self.options.seq_len, "mask_prob": self.options.mask_prob}
+
+    def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        masked = batch["loss_mask"]
+        return F.cross_entropy(outputs[masked], batch["target"][masked])
+
+    def build_metrics(self) -> MetricCollection:
+        return MetricCollection({
+            "masked_acc": MulticlassAccuracy(NUM_BYTES, average="micro"),
+            "baseline_acc": MostFrequentByteAccuracy(),
+        })
+
+    def update_metrics(self, metrics: MetricCollection, outputs: torch.Tensor, batch: Batch) -> None:
+        masked = batch["loss_mask"]
+        metrics.update(outputs.detach()[masked], batch["target"][masked])
+
+    def check_batch(self, batch: Batch) -> None:
+        ids = batch["inputs"]
+        if ids.dim() != 2 or ids.shape[1] != self.options.seq_len or ids.is_floating_point():
+            raise ValueError(
+                f"task {self.name!r} takes integer byte ids of shape (B, {self.options.seq_len}), "
+                f"got {tuple(ids.shape)} {ids.dtype}"
+            )
+
+    def make_batch(self, raw: list[str] | str) -> Batch:
+        """Texts with `mask_char` where a byte is hidden  ->  a batch (padded to seq_len)."""
+        texts = [raw] if isinstance(raw, str) else raw
+        rows = []
+        for text in texts:
+            ids: list[int] = []
+            for i, piece in enumerate(text.split(self.options.mask_char)):
+                if i:
+                    ids.append(MASK_ID)
+                ids.extend(piece.encode("utf-8"))
+            if len(ids) > self.options.seq_len:
+                raise ValueError(f"task {self.name!r} takes at most {self.options.seq_len} bytes per text, got {len(ids)}")
+            rows.append(ids + [PAD_ID] * (self.options.seq_len - len(ids)))
+        return {"inputs": torch.tensor(rows, dtype=torch.long)}
+
+    def predict(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs.argmax(dim=-1)  # (B, L) predicted bytes at every position

@@ -1,0 +1,88 @@
+"""Image classification of scikit-learn's UCI handwritten digits (8x8 grey images, 10 classes).
+
+Each pixel is one input token: its intensity next to 2D Fourier features of its position,
+projected to the encoder's input width. One learned output query is decoded into 10 logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from perceiver_mt.model import DecoderConfig, FourierPositionEncoding
+from perceiver_mt.task import Batch, Task
+
+IMAGE_SIZE = 8
+NUM_CLASSES = 10
+
+
+@dataclass
+class DigitsOptions:
+    num_bands: int = 8  # Fourier bands per image axis
+    query_channels: int = 64
+    decoder_heads: int = 1
+    label_smoothing: float = 0.0
+
+
+class PixelAdapter(nn.Module):
+    """(B, 8, 8) intensities in [0, 1]  ->  (B, 64, C): one token per pixel, row-major."""
+
+    def __init__(self, channels: int, num_bands: int):
+        super().__init__()
+        self.position = FourierPositionEncoding((IMAGE_SIZE, IMAGE_SIZE), num_bands)
+        self.project = nn.Linear(1 + self.position.num_channels, channels)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        images = batch["inputs"]
+        B = images.shape[0]
+        pixels = images.reshape(B, IMAGE_SIZE * IMAGE_SIZE, 1)  # (B, 64, 1)
+        return self.project(torch.cat([pixels, self.position(B)], dim=-1))  # (B, 64, C)
+
+
+class LearnedQuery(nn.Module):
+    """One trainable query shared by every sample: (B, 1, Cq)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(1, channels) * 0.02)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.query.expand(batch["inputs"].shape[0], -1, -1)
+
+
+class DigitsTask(Task):
+    options_class = DigitsOptions
+    default_data = "digits"
+
+    def build_adapter(self) -> nn.Module:
+        return PixelAdapter(self.encoder.input_channels, self.options.num_bands)
+
+    def build_queries(self) -> nn.Module:
+        return LearnedQuery(self.options.query_channels)
+
+    def decoder_config(self) -> DecoderConfig:
+        return DecoderConfig(query_channels=self.options.query_channels, num_heads=self.options.decoder_heads)
+
+    def build_head(self) -> nn.Module:
+        return nn.Sequential(nn.Flatten(1), nn.Linear(self.options.query_channels, NUM_CLASSES))  # (B, 10)
+
+    def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return F.cross_entropy(outputs, batch["target"], label_smoothing=self.options.label_smoothing)
+
+    def build_metrics(self) -> MetricCollection:
+        return MetricCollection({"acc": MulticlassAccuracy(NUM_CLASSES, average="micro")})
+
+    def check_batch(self, batch: Batch) -> None:
+        images = batch["inputs"]
+        if images.dim() != 3 or tuple(images.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE):
+            raise ValueError(f"task {self.name!r} takes images of shape (B, 8, 8), got {tuple(images.shape)}")
+
+    def make_batch(self, raw: object) -> Batch:
+        """Raw 8x8 images with scikit-learn's 0..16 intensities  ->  a model batch."""
+        images = torch.as_tensor(raw, dtype=torch.float32)
+        return {"inputs": (images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE) if images.dim() < 3 else images) / 16.0}
