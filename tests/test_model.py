@@ -1,0 +1,111 @@
+"""The Perceiver IO model on its own: shapes, masking, weight sharing, attention numerics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from perceiver_mt.model import DecoderConfig, EncoderConfig, PerceiverDecoder, PerceiverEncoder
+from perceiver_mt.model.attention import MultiHeadAttention
+
+SMALL = dict(input_channels=12, num_latents=6, latent_channels=16, num_self_attention_heads=2,
+             num_self_attends_per_block=2)
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_encoder_and_decoder_shapes():
+    torch.manual_seed(0)
+    encoder = PerceiverEncoder(EncoderConfig(**SMALL, num_blocks=2))
+    latents = encoder(torch.randn(3, 50, 12))
+    assert latents.shape == (3, 6, 16)
+    decoder = PerceiverDecoder(DecoderConfig(query_channels=10, num_heads=2), latent_channels=16)
+    assert decoder(torch.randn(3, 7, 10), latents).shape == (3, 7, 10)
+
+
+def test_encoder_rejects_wrong_channel_count():
+    encoder = PerceiverEncoder(EncoderConfig(**SMALL))
+    with pytest.raises(ValueError, match="12 channels"):
+        encoder(torch.randn(2, 5, 13))
+
+
+def test_padding_has_exactly_no_effect():
+    torch.manual_seed(0)
+    encoder = PerceiverEncoder(EncoderConfig(**SMALL, num_blocks=2, num_cross_attends=2)).eval()
+    tokens = torch.randn(2, 9, 12)
+    garbage = torch.randn(2, 5, 12) * 100  # padding of any value must be ignored
+    padded = torch.cat([tokens, garbage], dim=1)
+    pad_mask = torch.zeros(2, 14, dtype=torch.bool)
+    pad_mask[:, 9:] = True
+    expected = encoder(tokens)
+    got = encoder(padded, pad_mask)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(encoder(padded), expected, atol=1e-3)  # without the mask it does matter
+
+
+def test_more_blocks_add_compute_not_parameters():
+    one = PerceiverEncoder(EncoderConfig(**SMALL, num_blocks=1))
+    four = PerceiverEncoder(EncoderConfig(**SMALL, num_blocks=4))
+    assert count_parameters(one) == count_parameters(four)
+    four.load_state_dict(one.state_dict())
+    x = torch.randn(2, 8, 12)
+    assert not torch.allclose(one(x), four(x))  # the shared block really runs again
+
+
+def test_iterative_cross_attention_shares_weights_after_the_first():
+    two = PerceiverEncoder(EncoderConfig(**SMALL, num_blocks=4, num_cross_attends=2))
+    four = PerceiverEncoder(EncoderConfig(**SMALL, num_blocks=4, num_cross_attends=4))
+    single = PerceiverEncoder(EncoderConfig(**SMALL, num_blocks=4, num_cross_attends=1))
+    assert count_parameters(two) == count_parameters(four) > count_parameters(single)
+    with pytest.raises(ValueError, match="num_cross_attends"):
+        PerceiverEncoder(EncoderConfig(**SMALL, num_blocks=1, num_cross_attends=2))
+
+
+def reference_attention(attention: MultiHeadAttention, x_q, x_kv, pad_mask=None):
+    """Plain softmax(QK^T / sqrt(d)) V, head by head, from the module's own projections."""
+    H = attention.num_heads
+    q, k, v = attention.to_q(x_q), attention.to_k(x_kv), attention.to_v(x_kv)
+    outputs = []
+    for h in range(H):
+        sl_qk = slice(h * q.shape[-1] // H, (h + 1) * q.shape[-1] // H)
+        sl_v = slice(h * v.shape[-1] // H, (h + 1) * v.shape[-1] // H)
+        scores = q[..., sl_qk] @ k[..., sl_qk].transpose(1, 2) / math.sqrt(q.shape[-1] // H)
+        if pad_mask is not None:
+            scores = scores.masked_fill(pad_mask[:, None, :], float("-inf"))
+        outputs.append(F.softmax(scores, dim=-1) @ v[..., sl_v])
+    return attention.to_out(torch.cat(outputs, dim=-1))
+
+
+@pytest.mark.parametrize("num_heads", [1, 4])
+def test_sdpa_attention_equals_plain_reference(num_heads):
+    torch.manual_seed(0)
+    attention = MultiHeadAttention(q_channels=8, kv_channels=12, num_heads=num_heads, qk_channels=16,
+                                   v_channels=24, out_channels=10)
+    x_q, x_kv = torch.randn(2, 5, 8), torch.randn(2, 7, 12)
+    pad_mask = torch.tensor([[False] * 7, [False] * 4 + [True] * 3])
+    torch.testing.assert_close(attention(x_q, x_kv, pad_mask), reference_attention(attention, x_q, x_kv, pad_mask))
+    assert attention(x_q, x_kv).shape == (2, 5, 10)
+
+
+def test_heads_must_divide_channels():
+    with pytest.raises(ValueError, match="divisible by num_heads=3"):
+        MultiHeadAttention(8, 8, num_heads=3, qk_channels=16)
+
+
+def test_decoder_query_residual_switch():
+    torch.manual_seed(0)
+    latents = torch.randn(1, 4, 16)
+    queries = torch.randn(1, 3, 8)
+    with_residual = PerceiverDecoder(DecoderConfig(query_channels=8, query_residual=True), 16)
+    without = PerceiverDecoder(DecoderConfig(query_channels=8, query_residual=False), 16)
+    without.load_state_dict(with_residual.state_dict())
+    attended = with_residual.cross_attention.attention(
+        with_residual.cross_attention.q_norm(queries), with_residual.cross_attention.kv_norm(latents))
+    mlp = with_residual.cross_attention.mlp
+    torch.testing.assert_close(with_residual(queries, latents), queries + attended + mlp(queries + attended))
+    torch.testing.assert_close(without(queries, latents), attended + mlp(attended))
