@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from perceiver_mt.model.attention import CrossAttentionLayer, SelfAttentionLayer
 
@@ -35,6 +36,7 @@ class EncoderConfig:
     num_self_attends_per_block: int = 2  # distinct layers in the latent block (parameters)
     num_blocks: int = 1  # times the latent block is applied, sharing weights (compute, no parameters)
     dropout: float = 0.0
+    activation_checkpointing: bool = False  # recompute each layer in backward: less memory, ~1/3 more compute
 
 
 @dataclass
@@ -46,6 +48,8 @@ class DecoderConfig:
     widening_factor: int = 1
     query_residual: bool = True  # add the query back after attention (off for pure-position queries)
     dropout: float = 0.0
+    activation_checkpointing: bool = False  # recompute the decoder layer in backward
+    query_chunk_size: int | None = None  # decode this many queries at a time (e.g. per-pixel outputs); None = all
 
 
 class PerceiverEncoder(nn.Module):
@@ -88,10 +92,15 @@ class PerceiverEncoder(nn.Module):
         x = self.latents.expand(B, -1, -1)  # (B, N, D)
         for block in range(self.config.num_blocks):
             if block < self.config.num_cross_attends:
-                x = self.cross_attentions[min(block, 1)](x, tokens, pad_mask)
+                x = self._call(self.cross_attentions[min(block, 1)], x, tokens, pad_mask)
             for layer in self.self_attentions:
-                x = layer(x)
+                x = self._call(layer, x)
         return x
+
+    def _call(self, layer: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
+        if self.config.activation_checkpointing and torch.is_grad_enabled():
+            return checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
 
 
 class PerceiverDecoder(nn.Module):
@@ -107,4 +116,14 @@ class PerceiverDecoder(nn.Module):
 
     def forward(self, queries: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """queries: (B, O, Cq), latents: (B, N, D)  ->  (B, O, Cq)."""
+        chunk = self.config.query_chunk_size or queries.shape[1]
+        # Queries are independent of each other, so chunking changes memory, not results. Without
+        # checkpointing, autograd still keeps every chunk's activations; the two go together for
+        # per-pixel outputs whose (O x D) activations would not fit at once.
+        outputs = [self._call(part, latents) for part in queries.split(chunk, dim=1)]
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+
+    def _call(self, queries: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        if self.config.activation_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self.cross_attention, queries, latents, use_reentrant=False)
         return self.cross_attention(queries, latents)
