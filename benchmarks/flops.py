@@ -1,0 +1,51 @@
+"""Matmul FLOPs of one forward pass of a benchmark config, counted from the architecture.
+
+Only matrix products are counted (2 FLOPs per multiply-add): projections, the two attention products,
+MLPs and heads. Norms, softmax and GELU are left out, as in the usual "model FLOPs" accounting, so the
+same number serves every implementation and an implementation doing extra work gets no credit for it.
+A training step is counted as 3x the forward (backward = 2x: gradients for inputs and for weights).
+"""
+
+from __future__ import annotations
+
+from benchmarks.configs import ClassifierConfig, FlowConfig
+
+
+def linear(tokens: int, fan_in: int, fan_out: int) -> int:
+    return 2 * tokens * fan_in * fan_out
+
+
+def attention(queries: int, keys: int, q_in: int, kv_in: int, qk: int, v: int, out: int) -> int:
+    """Projections plus QK^T and AV for one sample (heads only split channels, they add no FLOPs)."""
+    projections = linear(queries, q_in, qk) + linear(keys, kv_in, qk) + linear(keys, kv_in, v) + linear(queries, v, out)
+    return projections + 2 * queries * keys * qk + 2 * queries * keys * v
+
+
+def mlp(tokens: int, channels: int, widening: int) -> int:
+    return 2 * linear(tokens, channels, channels * widening)
+
+
+def classifier_forward_flops(c: ClassifierConfig) -> int:
+    N, D, M, C = c.num_latents, c.latent_channels, c.inputs, c.input_channels
+    encoder_cross = attention(N, M, D, C, C, C, D) + mlp(N, D, c.widening)
+    self_layer = attention(N, N, D, D, D, D, D) + mlp(N, D, c.widening)
+    decoder = attention(1, N, D, D, D, D, D) + mlp(1, D, 1) + linear(1, D, c.num_classes)
+    return c.batch * (encoder_cross + c.self_layers * self_layer + decoder)
+
+
+def flow_forward_flops(c: FlowConfig) -> int:
+    N, D, M, C = c.num_latents, c.latent_channels, c.inputs, c.input_channels
+    adapter = linear(M, 2 * c.patch_channels, c.patch_hidden)
+    encoder_cross = attention(N, M, D, C, C, C, D) + mlp(N, D, 1)
+    self_layer = attention(N, N, D, D, D, D, D) + mlp(N, D, 1)
+    decoder = attention(M, N, C, D, D, D, C) + mlp(M, C, 1) + linear(M, C, 2)
+    return c.batch * (adapter + encoder_cross + c.self_layers * self_layer + decoder)
+
+
+def forward_flops(c: ClassifierConfig | FlowConfig) -> int:
+    return flow_forward_flops(c) if isinstance(c, FlowConfig) else classifier_forward_flops(c)
+
+
+def step_flops(c: ClassifierConfig | FlowConfig, mode: str) -> int:
+    """mode "train": forward + backward; "forward": inference only."""
+    return forward_flops(c) * (3 if mode == "train" else 1)

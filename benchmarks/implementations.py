@@ -1,0 +1,213 @@
+"""One adapter per Perceiver IO implementation, each building the SAME network for a benchmark config.
+
+An adapter returns a `Bench`: the module, a call from the shared inputs to the outputs, and a loss.
+Imports of the reference libraries happen inside the adapters, so a measurement process only loads
+the library it measures. Where a library hard-codes a choice that differs from the config, the
+adapter says what it changed and why (parameter counts are reported next to every result):
+
+- lucidrains' `perceiver-pytorch` uses GEGLU MLPs (widening fixed at 4, two input projections). We
+  keep GEGLU but size its hidden layer to 2/3 of `widening * D`, which gives the same parameter and
+  FLOP count as a GELU MLP of the config's widening. Its decoder shares `cross_dim_head` with the
+  encoder, so the decoder attention is rebuilt from its own `Attention` class at the latent width.
+  It has no decoder MLP (2% fewer parameters than the others on config A).
+- krasserm's `perceiver-io` and Hugging Face follow the config as is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmarks.configs import ClassifierConfig, FlowConfig
+
+IMPLEMENTATIONS = ("ours", "hf", "krasserm", "lucidrains")
+
+
+@dataclass
+class Bench:
+    model: nn.Module
+    run: Callable[[torch.Tensor], torch.Tensor]  # shared inputs -> outputs
+
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def make_inputs(config: ClassifierConfig | FlowConfig, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same inputs and targets for every implementation."""
+    g = torch.Generator().manual_seed(seed)
+    if isinstance(config, FlowConfig):
+        H, W = config.image
+        frames = torch.randn(config.batch, 2, config.patch_channels, H, W, generator=g)
+        return frames, torch.randn(config.batch, H, W, 2, generator=g)
+    x = torch.randn(config.batch, config.inputs, config.input_channels, generator=g)
+    return x, torch.randint(0, config.num_classes, (config.batch,), generator=g)
+
+
+def loss_fn(config: ClassifierConfig | FlowConfig, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if isinstance(config, FlowConfig):
+        return F.mse_loss(outputs, target)
+    return F.cross_entropy(outputs, target)
+
+
+# --- this project ---------------------------------------------------------------------------------------
+class OursClassifier(nn.Module):
+    def __init__(self, c: ClassifierConfig, activation_checkpointing: bool = False):
+        super().__init__()
+        from perceiver_mt.model import DecoderConfig, EncoderConfig, PerceiverDecoder, PerceiverEncoder
+
+        self.encoder = PerceiverEncoder(EncoderConfig(
+            input_channels=c.input_channels, num_latents=c.num_latents, latent_channels=c.latent_channels,
+            num_cross_attention_heads=c.cross_heads, cross_attention_qk_channels=c.input_channels,
+            cross_attention_v_channels=c.input_channels, cross_attention_widening_factor=c.widening,
+            num_self_attention_heads=c.self_heads, self_attention_widening_factor=c.widening,
+            num_self_attends_per_block=c.self_layers, activation_checkpointing=activation_checkpointing,
+        ))
+        self.query = nn.Parameter(torch.randn(1, 1, c.latent_channels) * 0.02)
+        self.decoder = PerceiverDecoder(DecoderConfig(query_channels=c.latent_channels), c.latent_channels)
+        self.head = nn.Linear(c.latent_channels, c.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        latents = self.encoder(x)  # (B, N, D)
+        return self.head(self.decoder(self.query.expand(x.shape[0], -1, -1), latents))[:, 0]  # (B, classes)
+
+
+def build_ours(c: ClassifierConfig | FlowConfig, checkpointing: bool = False) -> Bench:
+    if isinstance(c, FlowConfig):
+        from benchmarks.flow import OpticalFlowPerceiver
+
+        # Checkpointed decoding also goes in chunks of queries, so no (M x N) activation lives at once.
+        model = OpticalFlowPerceiver(c, checkpointing, query_chunk_size=16384 if checkpointing else None)
+    else:
+        model = OursClassifier(c, checkpointing)
+    return Bench(model, model)
+
+
+# --- Hugging Face transformers ----------------------------------------------------------------------------
+def build_hf(c: ClassifierConfig | FlowConfig, checkpointing: bool = False) -> Bench:
+    from transformers import PerceiverConfig, PerceiverForOpticalFlow, PerceiverModel
+    from transformers.models.perceiver.modeling_perceiver import PerceiverClassificationDecoder
+
+    if isinstance(c, FlowConfig):
+        config = PerceiverConfig(
+            num_latents=c.num_latents, d_latents=c.latent_channels, d_model=c.input_channels, num_blocks=1,
+            num_self_attends_per_block=c.self_layers, num_self_attention_heads=c.self_heads,
+            num_cross_attention_heads=1, self_attention_widening_factor=1, cross_attention_widening_factor=1,
+            train_size=list(c.image), attention_probs_dropout_prob=0.0,
+        )
+        flow = PerceiverForOpticalFlow(config)
+        return Bench(flow, lambda frames: flow(inputs=frames).logits)
+    config = PerceiverConfig(
+        num_latents=c.num_latents, d_latents=c.latent_channels, d_model=c.input_channels, num_blocks=1,
+        num_self_attends_per_block=c.self_layers, num_self_attention_heads=c.self_heads,
+        num_cross_attention_heads=c.cross_heads, self_attention_widening_factor=c.widening,
+        cross_attention_widening_factor=c.widening, num_labels=c.num_classes, attention_probs_dropout_prob=0.0,
+    )
+    decoder = PerceiverClassificationDecoder(
+        config, num_channels=c.latent_channels, use_query_residual=True,
+        trainable_position_encoding_kwargs=dict(num_channels=c.latent_channels, index_dims=1),
+    )
+    model = PerceiverModel(config, decoder=decoder)
+    return Bench(model, lambda x: model(inputs=x).logits)
+
+
+# --- krasserm/perceiver-io 0.11.0 -------------------------------------------------------------------------
+def build_krasserm(c: ClassifierConfig | FlowConfig, checkpointing: bool = False) -> Bench:
+    from perceiver.model.core import (
+        ClassificationOutputAdapter, InputAdapter, PerceiverDecoder, PerceiverEncoder, PerceiverIO,
+        TrainableQueryProvider,
+    )
+
+    if isinstance(c, FlowConfig):
+        raise NotImplementedError("config C is compared against Hugging Face's PerceiverForOpticalFlow only")
+
+    class Tokens(InputAdapter):  # the benchmark feeds ready-made tokens, as to every other implementation
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    encoder = PerceiverEncoder(
+        Tokens(c.input_channels), num_latents=c.num_latents, num_latent_channels=c.latent_channels,
+        num_cross_attention_heads=c.cross_heads, num_cross_attention_qk_channels=c.input_channels,
+        num_cross_attention_v_channels=c.input_channels, cross_attention_widening_factor=c.widening,
+        num_self_attention_heads=c.self_heads, num_self_attention_layers_per_block=c.self_layers,
+        self_attention_widening_factor=c.widening, activation_checkpointing=checkpointing,
+    )
+    decoder = PerceiverDecoder(
+        ClassificationOutputAdapter(c.num_classes, c.latent_channels), TrainableQueryProvider(1, c.latent_channels),
+        num_latent_channels=c.latent_channels, num_cross_attention_heads=1, activation_checkpointing=checkpointing,
+    )
+    model = PerceiverIO(encoder, decoder)
+    return Bench(model, model)
+
+
+# --- lucidrains/perceiver-pytorch -------------------------------------------------------------------------
+@contextlib.contextmanager
+def _parameter_matched_geglu(widening: int) -> Iterator[None]:
+    """While building, lucidrains' blocks get GEGLU MLPs with the parameters/FLOPs of a GELU MLP of `widening`."""
+    import perceiver_pytorch.perceiver_pytorch as lucid
+
+    class MatchedFeedForward(nn.Module):
+        def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
+            super().__init__()
+            hidden = round(2 * widening * dim / 3)  # 3 * hidden * dim == 2 * widening * dim * dim
+            self.net = nn.Sequential(
+                nn.Linear(dim, 2 * hidden), lucid.GEGLU(), nn.Linear(hidden, dim), nn.Dropout(dropout)
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+    original = lucid.FeedForward
+    lucid.FeedForward = MatchedFeedForward
+    try:
+        yield
+    finally:
+        lucid.FeedForward = original
+
+
+class LucidrainsClassifier(nn.Module):
+    def __init__(self, c: ClassifierConfig):
+        super().__init__()
+        from perceiver_pytorch.perceiver_io import Attention, PerceiverIO, PreNorm
+
+        with _parameter_matched_geglu(c.widening):
+            self.perceiver = PerceiverIO(
+                depth=c.self_layers, dim=c.input_channels, queries_dim=c.latent_channels, logits_dim=c.num_classes,
+                num_latents=c.num_latents, latent_dim=c.latent_channels, cross_heads=c.cross_heads,
+                latent_heads=c.self_heads, cross_dim_head=c.input_channels // c.cross_heads,
+                latent_dim_head=c.latent_channels // c.self_heads,
+            )
+        self.perceiver.decoder_cross_attn = PreNorm(
+            c.latent_channels, Attention(c.latent_channels, c.latent_channels, heads=1, dim_head=c.latent_channels),
+            context_dim=c.latent_channels,
+        )
+        self.query = nn.Parameter(torch.randn(1, c.latent_channels) * 0.02)  # the caller owns queries there
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.perceiver(x, queries=self.query)[:, 0]
+
+
+def build_lucidrains(c: ClassifierConfig | FlowConfig, checkpointing: bool = False) -> Bench:
+    if isinstance(c, FlowConfig):
+        raise NotImplementedError("config C is compared against Hugging Face's PerceiverForOpticalFlow only")
+    if checkpointing:
+        raise NotImplementedError("perceiver-pytorch has no activation checkpointing option")
+    model = LucidrainsClassifier(c)
+    return Bench(model, model)
+
+
+BUILDERS = {"ours": build_ours, "hf": build_hf, "krasserm": build_krasserm, "lucidrains": build_lucidrains}
+
+
+def build(implementation: str, config: ClassifierConfig | FlowConfig) -> Bench:
+    """`implementation` is one of IMPLEMENTATIONS, optionally with "+ckpt" (activation checkpointing)."""
+    name, _, option = implementation.partition("+")
+    if name not in BUILDERS or option not in ("", "ckpt"):
+        raise ValueError(f"unknown implementation {implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)} "
+                         "(optionally with +ckpt)")
+    torch.manual_seed(0)
+    return BUILDERS[name](config, checkpointing=option == "ckpt")

@@ -1,0 +1,147 @@
+"""One measurement in its own process: step times and peak RSS of one implementation, mode and config.
+
+Run by `benchmarks.perceivers` through `measure_in_child`, which watches the child's RSS and kills it
+above a limit, so a run that would exhaust the machine's memory is recorded as "oom" instead of
+taking the machine down. A fresh process per measurement makes the peak RSS that implementation's own.
+
+    python -m benchmarks.measure --impl hf --config A --mode train --steps 2 --warmup 1
+    python -m benchmarks.measure --matmul
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MATMUL_SIZE = 2048  # large enough that BLAS runs at its peak, small enough to repeat between measurements
+
+
+def rss_gb(pid: int | str = "self") -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    return 0.0
+
+
+def resolve_config(name: str):
+    from benchmarks.configs import get_config, sweep_config
+
+    if name.startswith("sweep:"):
+        return sweep_config(int(name.split(":", 1)[1]))
+    return get_config(name)
+
+
+def measure(impl: str, config_name: str, mode: str, steps: int, warmup: int) -> dict:
+    import torch
+
+    from benchmarks.implementations import build, loss_fn, make_inputs
+
+    config = resolve_config(config_name)
+    bench = build(impl, config)
+    x, target = make_inputs(config)
+    optimizer = torch.optim.AdamW(bench.model.parameters(), lr=1e-4) if mode == "train" else None
+    base_rss = rss_gb()
+
+    def step() -> None:
+        if optimizer is None:
+            with torch.no_grad():
+                bench.run(x)
+            return
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(config, bench.run(x), target).backward()
+        optimizer.step()
+
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        step()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return {
+        "status": "ok", "times": times, "params": bench.parameters(), "base_rss_gb": base_rss,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def matmul_flops(size: int = MATMUL_SIZE, repeats: int = 5) -> dict:
+    """fp32 GEMM FLOP/s of this machine right now (median of `repeats`, after one warm-up)."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return {"status": "ok", "times": times, "flops": 2 * size**3}
+
+
+def measure_in_child(args: list[str], memory_limit_gb: float, timeout_s: float) -> dict:
+    """Runs `python -m benchmarks.measure *args`; kills it above `memory_limit_gb` RSS or after `timeout_s`."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.measure", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+    verdict: dict = {}
+
+    def watch() -> None:
+        start = time.monotonic()
+        while child.poll() is None:
+            try:
+                rss = rss_gb(child.pid)
+            except (FileNotFoundError, ProcessLookupError):
+                return
+            if rss > memory_limit_gb:
+                verdict.update(status="oom", peak_rss_gb=rss)
+                child.kill()
+                return
+            if time.monotonic() - start > timeout_s:
+                verdict.update(status="timeout", peak_rss_gb=rss)
+                child.kill()
+                return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    stdout, stderr = child.communicate()
+    watcher.join()
+    if verdict:
+        return verdict
+    if child.returncode != 0:
+        last = (stderr.strip().splitlines() or ["(no output)"])[-1]
+        return {"status": "error", "error": last}
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--impl")
+    parser.add_argument("--config", help="A, B, C, tinyA, tinyC or sweep:<inputs>")
+    parser.add_argument("--mode", choices=("train", "forward"), default="train")
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--matmul", action="store_true", help="measure fp32 GEMM FLOP/s instead")
+    args = parser.parse_args()
+    if args.matmul:
+        result = matmul_flops()
+    else:
+        if not (args.impl and args.config):
+            parser.error("--impl and --config are required unless --matmul")
+        result = measure(args.impl, args.config, args.mode, args.steps, args.warmup)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
