@@ -45,7 +45,17 @@ class TaskConfig:
 
 @dataclass
 class LoggerConfig:
-    kind: str = "csv"  # csv | none
+    kind: str = "wandb"  # wandb | csv | none; wandb falls back to csv (one-line message) if it cannot start
+    mode: str | None = None  # online | offline | disabled; None = WANDB_MODE, else online iff credentials exist
+    project: str = "perceiver-mt"
+    entity: str | None = None
+    group: str | None = None  # e.g. a sweep: W&B shows grouped runs together
+    tags: list[str] = field(default_factory=list)
+    notes: str | None = None
+    name: str | None = None  # display name; None = W&B's generated one
+    log_model: bool = False  # upload checkpoints as W&B artifacts (online runs only)
+    conflict_every_n_steps: int = 50  # task-gradient cosine matrix on the shared encoder; 0 = off (costs 1 fwd/bwd per task)
+    media_every_n_steps: int = 0  # task media at validation once this many steps passed since the last; -1 = never
 
 
 @dataclass

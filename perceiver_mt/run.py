@@ -11,7 +11,6 @@ from typing import Any
 import lightning as L
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 
 from perceiver_mt.config import ConfigError, RunConfig, validate_kwargs
 from perceiver_mt.data import MultiTaskDataModule
@@ -19,6 +18,8 @@ from perceiver_mt.registry import load_datamodule
 from perceiver_mt.sampling import TaskSampler
 from perceiver_mt.system import MultiTaskSystem
 from perceiver_mt.task import Task
+from perceiver_mt.tracking import loggers as tracking_loggers
+from perceiver_mt.tracking.callbacks import build_callbacks
 
 
 def build_task_datamodule(name: str, task: Task, data: dict[str, Any], seed: int) -> LightningDataModule:
@@ -44,18 +45,16 @@ def build_datamodule(config: RunConfig, system: MultiTaskSystem) -> MultiTaskDat
 
 
 def build_logger(config: RunConfig) -> Any:
-    if config.logger.kind == "csv":
-        return CSVLogger(config.output_dir, name="logs")
-    if config.logger.kind == "none":
-        return False
-    raise ConfigError(f"logger.kind={config.logger.kind!r} is unknown; choose one of csv, none")
+    """W&B (online/offline; CSV if it cannot start), CSV or none: see perceiver_mt.tracking.loggers."""
+    return tracking_loggers.build_logger(config, resolve_checkpoint(config))
 
 
 def build_trainer(config: RunConfig, **extra: Any) -> Trainer:
     kwargs = validate_kwargs(Trainer, dict(config.trainer), "trainer")
     checkpoints = ModelCheckpoint(dirpath=Path(config.output_dir) / "checkpoints", save_last=True, save_top_k=0)
     kwargs.setdefault("default_root_dir", config.output_dir)
-    kwargs["callbacks"] = [checkpoints, *kwargs.get("callbacks", []), *extra.pop("callbacks", [])]
+    kwargs["callbacks"] = [checkpoints, *build_callbacks(config), *kwargs.get("callbacks", []),
+                           *extra.pop("callbacks", [])]
     kwargs.setdefault("logger", build_logger(config))
     kwargs.setdefault("use_distributed_sampler", False)  # task DataModules shard by rank themselves
     return Trainer(**{**kwargs, **extra})
@@ -104,4 +103,5 @@ def train(config: RunConfig) -> dict[str, dict[str, float]]:
         (output / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         print(format_table(metrics))
         print(f"metrics: {output / 'metrics.json'}  checkpoint: {output / 'checkpoints' / 'last.ckpt'}")
+    tracking_loggers.finish(trainer)
     return metrics

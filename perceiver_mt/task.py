@@ -86,3 +86,9 @@ class Task(abc.ABC):
     def predict(self, outputs: torch.Tensor) -> torch.Tensor:
         """Turn raw outputs into predictions for `perceiver_mt.inference`. Default: argmax over classes."""
         return outputs.argmax(dim=-1)
+
+    # --- media -------------------------------------------------------------------------------------
+    def log_media(self, outputs: torch.Tensor, batch: Batch) -> dict[str, Any]:
+        """Pictures/tables/audio of one validation batch for the run's dashboard: {name: media}, media
+        from `perceiver_mt.tracking.media` (Image, Images, Table, Heatmap, Audio). Default: none."""
+        return {}

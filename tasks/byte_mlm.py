@@ -9,6 +9,7 @@ then only have to supply what the neighbourhood cannot. Loss and accuracy count 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from perceiver_mt.model import DecoderConfig, LearnedPositionEncoding
 from perceiver_mt.task import Batch, Task
+from perceiver_mt.tracking.media import Table
 
 VOCAB = 258  # 256 byte values, MASK, PAD
 MASK_ID, PAD_ID = 256, 257
@@ -144,3 +146,26 @@ class ByteMLMTask(Task):
 
     def predict(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.argmax(dim=-1)  # (B, L) predicted bytes at every position
+
+    def log_media(self, outputs: torch.Tensor, batch: Batch, max_rows: int = 8) -> dict[str, Any]:
+        """A table: the input as the model saw it, the scored positions filled with its guesses, and the truth."""
+        ids = batch["inputs"].cpu()
+        masked = batch["loss_mask"].cpu()
+        truth = batch["target"].cpu()
+        filled = torch.where(masked, outputs.argmax(dim=-1).cpu(), truth)
+        rows = []
+        for i in range(min(max_rows, len(ids))):
+            shown = "".join(self.options.mask_char if b == MASK_ID else _char(b) for b in ids[i].tolist())
+            rows.append([shown, _text(filled[i]), _text(truth[i]), int(masked[i].sum())])
+        return {"predictions": Table(["masked input", "prediction", "truth", "masked bytes"], rows)}
+
+
+def _char(byte: int) -> str:
+    """One byte as a printable character (bytes are shown one by one, so multi-byte UTF-8 becomes '?')."""
+    if byte == PAD_ID:
+        return ""
+    return chr(byte) if 32 <= byte < 127 else ("\n" if byte == 10 else "?")
+
+
+def _text(row: torch.Tensor) -> str:
+    return "".join(_char(int(b)) for b in row.tolist())

@@ -7,7 +7,9 @@ projected to the encoder's input width. One learned output query is decoded into
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,6 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from perceiver_mt.model import DecoderConfig, FourierPositionEncoding
 from perceiver_mt.task import Batch, Task
+from perceiver_mt.tracking.media import Heatmap, Image, Images
 
 IMAGE_SIZE = 8
 NUM_CLASSES = 10
@@ -86,3 +89,21 @@ class DigitsTask(Task):
         """Raw 8x8 images with scikit-learn's 0..16 intensities  ->  a model batch."""
         images = torch.as_tensor(raw, dtype=torch.float32)
         return {"inputs": (images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE) if images.dim() < 3 else images) / 16.0}
+
+    def log_media(self, outputs: torch.Tensor, batch: Batch, max_images: int = 16) -> dict[str, Any]:
+        """A grid of images captioned "pred p / true t", and the batch's confusion matrix."""
+        predicted = outputs.argmax(dim=-1).cpu()
+        target = batch["target"].cpu()
+        images = batch["inputs"].float().cpu().numpy()
+        grid = Images([
+            Image(np.kron(images[i], np.ones((4, 4))), caption=f"pred {int(predicted[i])} / true {int(target[i])}")
+            for i in range(min(max_images, len(target)))
+        ])
+        confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)  # rows: true, columns: predicted
+        np.add.at(confusion, (target.numpy(), predicted.numpy()), 1)
+        labels = [str(c) for c in range(NUM_CLASSES)]
+        return {
+            "predictions": grid,
+            "confusion_matrix": Heatmap(confusion, labels, labels, title="confusion (one validation batch)",
+                                        row_axis="true", col_axis="predicted", extra={"cmap": "Blues"}),
+        }
