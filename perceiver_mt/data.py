@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sized
 from typing import Any, Callable
 
 import torch
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from perceiver_mt.sampling import TaskSampler
@@ -158,4 +158,20 @@ def num_train_samples(datamodule: LightningDataModule) -> int:
         f"{type(datamodule).__name__} has no `num_train_samples` and an unsized train set; "
         "set the attribute in its setup() so size-based task sampling can weigh it"
     )
+
+
+class DataStatsMonitor(Callback):
+    """Logs each task DataModule's `data_stats()` (e.g. skipped bad records) as `data/<task>/<key>`, summed
+    over ranks, every `trainer.log_every_n_steps` steps. DataModules without `data_stats` are left out."""
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        datamodules = getattr(trainer.datamodule, "datamodules", None)
+        if not datamodules or trainer.global_step % trainer.log_every_n_steps:
+            return
+        for task, datamodule in datamodules.items():
+            for key, value in getattr(datamodule, "data_stats", dict)().items():
+                # Every rank reaches this step, so the summing collective cannot hang.
+                pl_module.log(f"data/{task}/{key}", float(value), on_step=True, on_epoch=False, sync_dist=True,
+                              reduce_fx="sum", batch_size=1)
 

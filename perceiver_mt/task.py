@@ -22,6 +22,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from perceiver_mt.model.perceiver import DecoderConfig, EncoderConfig
+from perceiver_mt.shards.codec import decode_fields, encode_fields
 
 Batch = dict[str, Any]
 
@@ -74,6 +75,20 @@ class Task(abc.ABC):
     def datamodule_defaults(self) -> dict[str, Any]:
         """DataModule arguments implied by the task's options (e.g. sequence length); config overrides them."""
         return {}
+
+    # --- shards (WebDataset) -------------------------------------------------------------------------
+    # Fields every stored sample must have -> the numpy dtype to store it as (None: as it is). A smaller
+    # dtype shrinks shards; such fields read back as int64 / float32 / bool. Fields not named are stored
+    # as they are too, so a task that declares nothing still gets shards.
+    shard_fields: ClassVar[dict[str, str | None]] = {"inputs": None, "target": None, "index": "int64"}
+
+    def encode_sample(self, sample: Batch) -> dict[str, bytes]:
+        """One dataset sample -> the files of its shard record, {"<field>.npy": bytes}."""
+        return encode_fields(sample, self.shard_fields)
+
+    def decode_sample(self, files: dict[str, Any]) -> Batch:
+        """A shard record's files -> the sample; raises `CorruptSample` for a record it cannot trust."""
+        return decode_fields(files, self.shard_fields)
 
     # --- checks and inference ----------------------------------------------------------------------
     def check_batch(self, batch: Batch) -> None:

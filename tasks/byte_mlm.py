@@ -91,6 +91,8 @@ class MostFrequentByteAccuracy(Metric):
 class ByteMLMTask(Task):
     options_class = ByteMLMOptions
     default_data = "pydoc_text"
+    # Ids go up to PAD_ID (257), targets are bytes. Masks are stored as drawn at write time.
+    shard_fields = {"inputs": "int16", "target": "uint8", "loss_mask": "bool", "index": "int64"}
 
     def build_adapter(self) -> nn.Module:
         return ByteAdapter(self.encoder.input_channels, self.options.seq_len)

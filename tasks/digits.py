@@ -61,6 +61,8 @@ class LearnedQuery(nn.Module):
 class DigitsTask(Task):
     options_class = DigitsOptions
     default_data = "digits"
+    # Intensities are k/16, exact in float16; ten labels fit a byte.
+    shard_fields = {"inputs": "float16", "target": "uint8", "index": "int64"}
 
     def build_adapter(self) -> nn.Module:
         return PixelAdapter(self.encoder.input_channels, self.options.num_bands)

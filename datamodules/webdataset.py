@@ -1,0 +1,127 @@
+"""Any task's data from WebDataset tar shards: local paths, brace-expanded lists, file:, pipe:, http(s):, gs:, s3:...
+
+    python -m perceiver_mt.shards write --task digits --out /data/digits --shard-size 500
+    python train.py tasks.digits.data.name=webdataset tasks.digits.data.root=/data/digits
+
+`root` is a folder written by the shard writer (`<split>-NNNNNN.tar` + meta.json); `train_urls`,
+`val_urls`, `test_urls` name shards directly and override it, e.g. '/data/digits/train-{000000..000003}.tar'.
+Records are decoded by the task's own codec (`Task.decode_sample`); the task instance is passed in as
+`task` by the run. Training yields the same number of batches on every rank; evaluation sees every
+sample once across ranks (see `perceiver_mt.shards.reader`). Bad shards or records are skipped and
+counted (`data_stats()["skipped"]`, logged as `data/<task>/skipped`), or fatal with `strict=True`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from functools import partial
+from typing import Any
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from perceiver_mt.data import rank_and_world
+from perceiver_mt.shards.codec import decode_fields
+from perceiver_mt.shards.reader import (
+    EvalShardStream, SkipCounter, TrainShardStream, expand_urls, read_meta, stored_counts,
+)
+from perceiver_mt.task import Task
+
+SPLITS = ("train", "val", "test")
+
+
+class WebDatasetDataModule(LightningDataModule):
+    def __init__(
+        self,
+        root: str | None = None,
+        train_urls: str | list[str] | None = None,
+        val_urls: str | list[str] | None = None,
+        test_urls: str | list[str] | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        shuffle_buffer: int = 1000,
+        num_train_samples: int | None = None,
+        batches_per_epoch: int | None = None,
+        strict: bool = False,
+        seed: int = 0,
+        task: Task | None = None,
+    ):
+        super().__init__()
+        self.root = root.rstrip("/") if root else None  # folder (or URL prefix) from the shard writer
+        self.urls = {"train": train_urls, "val": val_urls, "test": test_urls}  # override `root`, per split
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.shuffle_buffer = shuffle_buffer  # samples held for shuffling; 0 or 1 = shard order only
+        self.declared_train_samples = num_train_samples  # needed when shards have no meta.json (pipe: URLs)
+        self.batches_per_epoch = batches_per_epoch  # per rank; default: one pass of the data over all ranks
+        self.strict = strict  # bad data is fatal instead of skipped
+        self.seed = seed
+        self.task = task
+        self.num_train_samples: int | None = None
+        self.shards: dict[str, list[str]] = {}
+        self.skips: SkipCounter | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.skips is None:  # created here, not in __init__: shared memory must not cross a pickled spawn
+            self.skips = SkipCounter(self.task.name if self.task else "webdataset", self.strict)
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", SPLITS)
+        for split in needed:
+            if split not in self.shards:
+                self.shards[split] = self._resolve(split)
+        if "train" in needed and self.num_train_samples is None:
+            self.num_train_samples = self._count_train()
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = rank_and_world(self)
+        batches = self.batches_per_epoch or max(1, self.num_train_samples // (world * self.batch_size))
+        stream = TrainShardStream(self.shards["train"], self._decoder(), self.skips, self.batch_size, batches, rank,
+                                  self.seed, self.shuffle_buffer)
+        return DataLoader(stream, batch_size=None, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def data_stats(self) -> dict[str, float]:
+        """Counters for the run's logs, as `data/<task>/<key>`."""
+        return {"skipped": float(self.skips.count if self.skips else 0)}
+
+    def _decoder(self) -> Any:
+        """The task's record decoder; without a task (DataModule used on its own), the base Task's codec.
+
+        A function of the task only, not of this DataModule: workers get it without the trainer.
+        """
+        return self.task.decode_sample if self.task is not None else partial(decode_fields, dtypes=Task.shard_fields)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        rank, world = rank_and_world(self)
+        stream = EvalShardStream(self.shards[split], self._decoder(), self.skips, self.batch_size, rank, world)
+        return DataLoader(stream, batch_size=None, num_workers=self.num_workers)
+
+    def _resolve(self, split: str) -> list[str]:
+        if self.urls[split]:
+            return expand_urls(self.urls[split])
+        if not self.root:
+            raise ValueError(f"no shards for split {split!r}: set data.root (a folder from the shard writer) "
+                             f"or data.{split}_urls")
+        meta = read_meta(f"{self.root}/{split}-000000.tar")
+        if meta is not None and split in meta["splits"]:
+            return [f"{self.root}/{name}" for name in meta["splits"][split]["shards"]]
+        local = sorted(glob.glob(os.path.join(self.root, f"{split}-*.tar")))
+        if local:
+            return local
+        raise ValueError(f"no {split!r} shards under {self.root!r}: expected {split}-NNNNNN.tar files or a meta.json "
+                         "listing them")
+
+    def _count_train(self) -> int:
+        if self.declared_train_samples is not None:
+            return self.declared_train_samples
+        counts = stored_counts(self.shards["train"])
+        if counts is None:
+            raise ValueError("training shards have no meta.json listing their sample counts (e.g. pipe: URLs): "
+                             "set data.num_train_samples")
+        return sum(counts.values())
+

@@ -1,0 +1,104 @@
+"""Sample <-> WebDataset record: every tensor of a sample dict stored as one `.npy` file named by its field.
+
+A record is the files of one sample inside a tar shard, `<key>.<field>.npy`; webdataset groups them
+back by `<key>`. Nested dicts (several input modalities) become dotted fields, `inputs.image.npy`.
+`.npy` keeps dtype and shape and `np.load` checks the byte count against the header, so a truncated
+or garbled field fails to decode instead of becoming a wrong tensor.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+NESTING = "."  # separates nested field names in a file name; webdataset keys end at the first dot
+
+
+class CorruptSample(ValueError):
+    """A stored record that cannot be decoded into the sample its task expects."""
+
+
+def _flatten(sample: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name, value in sample.items():
+        if not name or NESTING in name or name.startswith("__"):
+            raise ValueError(f"sample field {prefix + name!r} cannot be stored: names must be non-empty, "
+                             f"without {NESTING!r}, and not start with '__'")
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{name}{NESTING}"))
+        else:
+            flat[prefix + name] = value
+    return flat
+
+
+def encode_fields(sample: Mapping[str, Any], dtypes: Mapping[str, str | None]) -> dict[str, bytes]:
+    """Sample dict -> {"<field>.npy": bytes}; fields named in `dtypes` with a dtype are stored as that dtype."""
+    files: dict[str, bytes] = {}
+    for name, value in _flatten(sample).items():
+        if isinstance(value, torch.Tensor):
+            array = value.detach().cpu().numpy()
+        elif isinstance(value, (np.ndarray, np.generic, int, float, bool)):
+            array = np.asarray(value)
+        else:
+            raise ValueError(f"sample field {name!r} is a {type(value).__name__}; the default shard codec stores "
+                             "tensors, arrays and numbers only (override Task.encode_sample for other types)")
+        stored = dtypes.get(name)
+        if stored is not None:
+            cast = array.astype(stored)
+            if not np.array_equal(cast.astype(array.dtype), array):  # never store a silently changed value
+                raise ValueError(f"sample field {name!r} ({array.dtype}) does not fit the declared shard dtype {stored}")
+            array = cast
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        files[f"{name}.npy"] = buffer.getvalue()
+    return files
+
+
+def _widen(array: np.ndarray) -> np.ndarray:
+    """A compactly stored field back to the dtype models take: integers int64, floats float32."""
+    if array.dtype == np.bool_:
+        return array
+    if np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.int64)
+    if np.issubdtype(array.dtype, np.floating):
+        return array.astype(np.float32)
+    return array
+
+
+def decode_fields(files: Mapping[str, Any], dtypes: Mapping[str, str | None]) -> dict[str, Any]:
+    """Record {"<field>.npy": bytes, "__key__": ..., ...} -> sample dict of tensors; raises CorruptSample."""
+    sample: dict[str, Any] = {}
+    for name, data in files.items():
+        if name.startswith("__"):  # webdataset's bookkeeping: __key__, __url__
+            continue
+        if not name.endswith(".npy"):
+            raise CorruptSample(f"unexpected file {name!r} in record (the default shard codec writes .npy only)")
+        field = name[: -len(".npy")]
+        try:
+            array = np.load(io.BytesIO(data), allow_pickle=False)
+        except Exception as error:
+            raise CorruptSample(f"field {field!r} does not decode: {error}") from None
+        if dtypes.get(field) is not None:
+            array = _widen(array)
+        *parents, leaf = field.split(NESTING)
+        target = sample
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = torch.from_numpy(array if array.flags.writeable else array.copy())
+    missing = [name for name in dtypes if _lookup(sample, name) is None]
+    if missing:
+        raise CorruptSample(f"record lacks field(s) {', '.join(missing)}")
+    return sample
+
+
+def _lookup(sample: Mapping[str, Any], field: str) -> Any:
+    value: Any = sample
+    for part in field.split(NESTING):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value

@@ -1,0 +1,260 @@
+"""Tar shards -> batches, aware of rank and DataLoader worker, robust to bad data.
+
+Training (`TrainShardStream`): every rank and worker walks the whole shard list in its own seeded
+random order, pass after pass, and stops after a fixed number of batches. The stream never runs dry,
+so every rank yields the same number of batches whatever the shard count or sizes: uneven shards
+cannot leave one DDP rank waiting for another. (webdataset's `ResampledShards` + `with_epoch` idea,
+seeded by (seed, epoch, rank, worker) so a run is reproducible.)
+
+Evaluation (`EvalShardStream`): every sample exactly once across all ranks and workers. With at least
+as many shards as readers, shards are split between them (webdataset's split_by_node, then
+split_by_worker); with fewer, every reader reads every shard and keeps every n-th record, so no rank
+is left without data. Ranks may get different batch counts: evaluation runs no per-step collectives.
+
+Bad data: a shard that fails to open or read (truncated tar), a record that fails to decode, or a
+record whose fields, dtypes or shapes differ from the stream's first record is skipped with a
+warning and counted in `SkipCounter`; with `strict` it raises `ShardReadError` naming the shard.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import random
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data._utils.collate import default_collate
+from webdataset.gopen import gopen, gopen_schemes
+from webdataset.shardlists import expand_urls as wds_expand_urls
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+log = logging.getLogger("perceiver_mt.shards")
+META_FILE = "meta.json"  # written by the shard writer next to the shards: per-shard sample counts
+
+Decode = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class ShardReadError(RuntimeError):
+    """Bad data in a shard while reading in strict mode, or no readable data at all."""
+
+
+def expand_urls(urls: str | Sequence[str]) -> list[str]:
+    """"a-{000..002}.tar" / "a.tar::b.tar" / a list of such strings -> the list of shard URLs."""
+    items = [urls] if isinstance(urls, str) else list(urls)
+    expanded = [url for item in items for url in wds_expand_urls(str(item))]
+    if not expanded:
+        raise ValueError(f"no shard URLs in {urls!r}")
+    return expanded
+
+
+def open_url(url: str) -> Any:
+    """A binary stream: webdataset's gopen for paths, file:, pipe:, http(s): and gs:; fsspec for other schemes."""
+    scheme = urlparse(url).scheme
+    if scheme in ("", "file") or scheme in gopen_schemes or len(scheme) == 1:  # len 1: a Windows drive
+        return gopen(url, "rb")
+    import fsspec  # s3://, az://, hf://, ... through whichever fsspec backend is installed
+
+    return fsspec.open(url, "rb").open()
+
+
+def read_meta(shard_url: str) -> dict[str, Any] | None:
+    """The writer's meta.json beside a shard, or None (pipe: URLs, shards written elsewhere, no access)."""
+    if shard_url.startswith("pipe:") or "/" not in shard_url:
+        return None
+    try:
+        with open_url(shard_url.rsplit("/", 1)[0] + "/" + META_FILE) as stream:
+            return json.loads(stream.read())
+    except Exception:
+        return None
+
+
+def stored_counts(urls: Sequence[str]) -> dict[str, int] | None:
+    """Samples per shard from the writer's meta.json files, or None if any shard is not listed."""
+    metas: dict[str, dict[str, Any] | None] = {}
+    counts: dict[str, int] = {}
+    for url in urls:
+        folder, name = url.rsplit("/", 1) if "/" in url else ("", url)
+        if folder not in metas:
+            metas[folder] = read_meta(url)
+        meta = metas[folder]
+        listed = {} if meta is None else {s: n for split in meta["splits"].values() for s, n in split["shards"].items()}
+        if name not in listed:
+            return None
+        counts[url] = listed[name]
+    return counts
+
+
+class SkipCounter:
+    """Skipped records and shards, shared by the DataLoader's worker processes (shared memory)."""
+
+    def __init__(self, name: str, strict: bool):
+        self.name = name  # the task instance, for messages
+        self.strict = strict
+        self._count = multiprocessing.Value("q", 0)
+
+    @property
+    def count(self) -> int:
+        return int(self._count.value)
+
+    def skip(self, shard: str, reason: str) -> None:
+        if self.strict:
+            raise ShardReadError(f"task {self.name!r}: bad data in shard {shard}: {reason} "
+                                 "(strict=true; set strict=false to skip and count it)")
+        with self._count.get_lock():
+            self._count.value += 1
+        log.warning("task %r: skipped bad data in shard %s: %s", self.name, shard, reason)
+
+
+def shard_records(url: str) -> Iterator[dict[str, Any]]:
+    """The raw records of one shard: {"__key__", "__url__", "<field>.npy": bytes, ...}."""
+    stream = open_url(url)
+    try:
+        yield from group_by_keys(tar_file_expander([{"url": url, "stream": stream}]))
+    finally:
+        stream.close()
+
+
+def _signature(sample: dict[str, Any], prefix: str = "") -> tuple:
+    parts: list[tuple] = []
+    for name in sorted(sample):
+        value = sample[name]
+        if isinstance(value, dict):
+            parts.extend(_signature(value, f"{prefix}{name}."))
+        else:
+            parts.append((prefix + name, str(value.dtype), tuple(value.shape)) if torch.is_tensor(value) else (prefix + name,))
+    return tuple(parts)
+
+
+def decoded_samples(urls: Iterable[str], decode: Decode, skips: SkipCounter, reader: int = 0,
+                    readers: int = 1, reference: list | None = None) -> Iterator[dict[str, Any]]:
+    """Decoded samples of `urls` in order; with readers > 1 only records at positions = reader mod readers.
+
+    `reference` holds the first good sample's signature; later samples must match it to be batched.
+    """
+    reference = [] if reference is None else reference
+    for shard_index, url in enumerate(urls):
+        owner = shard_index % readers == reader  # with sample-level splitting every reader sees a bad shard: one counts it
+        try:
+            for position, record in enumerate(shard_records(url)):
+                if position % readers != reader:
+                    continue
+                try:
+                    sample = decode(record)
+                except Exception as error:
+                    skips.skip(url, f"record {record.get('__key__')!r}: {error}")
+                    continue
+                signature = _signature(sample)
+                if not reference:
+                    reference.append(signature)
+                elif signature != reference[0]:
+                    skips.skip(url, f"record {record.get('__key__')!r} has fields {signature}, expected {reference[0]}")
+                    continue
+                yield sample
+        except ShardReadError:
+            raise
+        except Exception as error:  # cannot open, or the tar stream breaks off (truncated / garbled)
+            if owner or skips.strict:
+                skips.skip(url, f"unreadable ({type(error).__name__}: {error}); rest of the shard dropped")
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def _batches(samples: Iterator[dict[str, Any]], batch_size: int, partial: bool) -> Iterator[dict[str, Any]]:
+    buffer: list[dict[str, Any]] = []
+    for sample in samples:
+        buffer.append(sample)
+        if len(buffer) == batch_size:
+            yield default_collate(buffer)
+            buffer = []
+    if buffer and partial:
+        yield default_collate(buffer)
+
+
+def _shuffled(samples: Iterator[dict[str, Any]], size: int, rng: random.Random) -> Iterator[dict[str, Any]]:
+    """Shuffle buffer: fill to `size`, then emit a random element per new one (webdataset's shuffle)."""
+    buffer: list[dict[str, Any]] = []
+    for sample in samples:
+        if len(buffer) < size:
+            buffer.append(sample)
+            continue
+        i = rng.randrange(size)
+        buffer[i], sample = sample, buffer[i]
+        yield sample
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class TrainShardStream(IterableDataset):
+    """Exactly `batches_per_epoch` training batches per rank per pass, drawn from endlessly reshuffled shards."""
+
+    def __init__(self, urls: Sequence[str], decode: Decode, skips: SkipCounter, batch_size: int,
+                 batches_per_epoch: int, rank: int, seed: int, shuffle_buffer: int = 1000):
+        self.urls = list(urls)
+        self.decode = decode
+        self.skips = skips
+        self.batch_size = batch_size
+        self.batches_per_epoch = batches_per_epoch
+        self.rank = rank
+        self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def _endless(self, rng: random.Random) -> Iterator[dict[str, Any]]:
+        reference: list = []
+        while True:
+            order = list(self.urls)
+            rng.shuffle(order)
+            produced = 0
+            for sample in decoded_samples(order, self.decode, self.skips, reference=reference):
+                produced += 1
+                yield sample
+            if not produced:  # without this guard, unreadable shards would spin here forever
+                raise ShardReadError(f"task {self.skips.name!r}: no readable sample in any of the "
+                                     f"{len(self.urls)} training shards (first: {self.urls[0]})")
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, workers = _worker()
+        # DataLoader takes batches from its workers in turn: quotas that add up to batches_per_epoch.
+        quota = self.batches_per_epoch // workers + (worker < self.batches_per_epoch % workers)
+        rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}")
+        samples = self._endless(rng)
+        if self.shuffle_buffer > 1:
+            samples = _shuffled(samples, self.shuffle_buffer, rng)
+        batches = _batches(samples, self.batch_size, partial=False)
+        for _ in range(quota):
+            yield next(batches)
+
+
+class EvalShardStream(IterableDataset):
+    """This rank's share of an evaluation split: across all ranks and workers, every sample exactly once."""
+
+    def __init__(self, urls: Sequence[str], decode: Decode, skips: SkipCounter, batch_size: int, rank: int, world: int):
+        self.urls = list(urls)
+        self.decode = decode
+        self.skips = skips
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world = world
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, workers = _worker()
+        readers, reader = self.world * workers, self.rank * workers + worker
+        if len(self.urls) >= readers:  # whole shards per reader: each byte is read once
+            samples = decoded_samples(self.urls[reader::readers], self.decode, self.skips)
+        else:  # too few shards to go round: everyone reads all, keeps every `readers`-th record
+            samples = decoded_samples(self.urls, self.decode, self.skips, reader, readers)
+        yield from _batches(samples, self.batch_size, partial=True)
