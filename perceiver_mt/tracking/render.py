@@ -28,13 +28,13 @@ def heatmap_figure(heatmap: Heatmap) -> Figure:
     ax.set_ylabel(heatmap.row_axis)
     ax.set_title(heatmap.title)
     if heatmap.annotate and R * C <= 400:
-        middle = (vmin + vmax) / 2
         for r in range(R):
             for c in range(C):
                 value = matrix[r, c]
                 text = f"{value:.2f}" if not float(value).is_integer() else f"{int(value)}"
-                ax.text(c, r, text, ha="center", va="center", fontsize=7,
-                        color="black" if value > middle else "white")
+                red, green, blue, _ = shown.cmap(shown.norm(value))
+                light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5  # dark text on light cells
+                ax.text(c, r, text, ha="center", va="center", fontsize=7, color="black" if light else "white")
     fig.tight_layout()
     return fig
 
