@@ -1,0 +1,257 @@
+"""Everything about scaling out, in one place: strategies, FSDP wrapping, activation checkpointing,
+mixed precision, CPU offload, collective timeouts, and the two rules that make N ranks train exactly
+like one process.
+
+The model (`perceiver_mt.model`) is written for one device. `parallelize` applies, in a fixed order,
+activation checkpointing and then FSDP2 (`fully_shard`) per unit, each through a small `apply_*` helper
+that logs one line. The units:
+
+    every encoder cross-attention layer   (the second one is reused by all later cross-attends)
+    every latent self-attention layer     (applied `num_blocks` times with shared weights: wrapped once)
+    every task's decoder, then the task's whole `TaskModel` (adapter, queries, head)
+    the root `MultiTaskPerceiver`         (the learned latent array)
+
+A unit whose task does not train at a step (same choice on every rank, see `sampling.py`) runs no
+forward, so no rank all-gathers or reduce-scatters it and its gradients stay None, as in one process.
+
+Data parallel "the same as one process" needs two things beyond averaging gradients:
+  * DDP without `find_unused_parameters`: the idle tasks' parameters join the loss with weight zero so
+    the reducer sees every parameter (`touch_idle_parameters`), and their gradients are dropped after
+    backward (`release_idle_gradients`) so AdamW skips them exactly as it does in one process.
+  * Losses averaged over tokens (masked bytes) differ in count between ranks; `weigh_across_ranks`
+    scales each rank's loss by its share of the global count, so the averaged gradient is the gradient
+    of the global mean.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, Strategy
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+SHARDINGS = ("full", "grad_op", "hybrid")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+CHECKPOINTS = ("sharded", "full")
+
+
+@dataclass
+class ParallelConfig:
+    timeout_s: float = 1800.0  # a collective waiting this long fails the job (dead or hung rank); low = fast failure, but slow steps trip it
+    activation_checkpointing: bool = False  # recompute each layer's activations in backward: less memory, ~1/3 more compute
+    # The rest applies to trainer.strategy=fsdp only.
+    sharding: str = "full"  # full: params resharded after forward (least memory) | grad_op: kept to backward (less traffic) | hybrid: shard within a node, replicate across nodes
+    param_dtype: str = "float32"  # float32 | bfloat16: dtype the layers compute in (all-gathered params)
+    reduce_dtype: str = "float32"  # float32 | bfloat16: dtype gradients are reduced in (bfloat16 halves traffic, loses precision)
+    cpu_offload: bool = False  # cuda only: sharded params, grads and optimizer state live in CPU memory
+    checkpoint: str = "sharded"  # sharded: a folder, one file per rank, no gather | full: one file gathered on rank 0
+    # Faults: a killed run resumes (`ckpt_path=last`) from its last checkpoint, losing at most this many steps.
+    checkpoint_every_n_steps: int = 0  # 0 = save last.ckpt only at validation and epoch end
+
+
+def check_config(config: ParallelConfig, strategy: Any, accelerator: Any) -> None:
+    """One-line `ConfigError` for values that are unknown or do not apply to the chosen strategy."""
+    from perceiver_mt.config import ConfigError  # imported here: config.py imports this module's schema
+
+    for key, value, allowed in (("sharding", config.sharding, SHARDINGS), ("param_dtype", config.param_dtype, DTYPES),
+                                ("reduce_dtype", config.reduce_dtype, DTYPES), ("checkpoint", config.checkpoint, CHECKPOINTS)):
+        if value not in allowed:
+            raise ConfigError(f"parallel.{key}={value!r} is unknown; choose one of {', '.join(allowed)}")
+    if config.timeout_s <= 0:
+        raise ConfigError(f"parallel.timeout_s must be > 0 seconds, got {config.timeout_s}")
+    if strategy != "fsdp":
+        defaults = ParallelConfig()
+        for key in ("sharding", "param_dtype", "reduce_dtype", "cpu_offload", "checkpoint"):
+            if getattr(config, key) != getattr(defaults, key):
+                raise ConfigError(f"parallel.{key} applies to trainer.strategy=fsdp only (got strategy={strategy!r})")
+    if config.cpu_offload and accelerator == "cpu":
+        raise ConfigError("parallel.cpu_offload needs trainer.accelerator=cuda: on cpu the parameters already live in CPU memory")
+
+
+def build_strategy(strategy: Any, config: ParallelConfig, accelerator: Any = "auto") -> Any:
+    """`trainer.strategy` as configured  ->  what Lightning's Trainer gets.
+
+    "ddp" and "fsdp" become strategy objects carrying the collective timeout (gloo on cpu, nccl on
+    cuda, Lightning picks). Anything else (auto, ddp_spawn, a Strategy object) passes through.
+    """
+    check_config(config, strategy, accelerator)
+    timeout = timedelta(seconds=config.timeout_s)
+    if strategy == "ddp":
+        # find_unused_parameters stays off: idle tasks are handled by touch_idle_parameters.
+        return DDPStrategy(timeout=timeout, find_unused_parameters=False)
+    if strategy == "fsdp":
+        return FSDP2Strategy(config)
+    return strategy
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """FSDP2 (`fully_shard`) applied in `configure_model`, on cpu (gloo) and cuda (nccl).
+
+    Why not Lightning's `FSDPStrategy`: its accelerator connector refuses any accelerator but CUDA by an
+    exact-type check, though PyTorch's FSDP runs on CPU with gloo. `ModelParallelStrategy` has no such
+    check and leaves the wrapping to `configure_model`, which is where `parallelize` belongs anyway. This
+    subclass only fixes its mesh to pure data parallelism (no tensor parallelism), adds a hybrid mesh,
+    and keeps CPU-offloaded parameters where FSDP put them.
+    """
+
+    def __init__(self, config: ParallelConfig):
+        super().__init__(save_distributed_checkpoint=config.checkpoint == "sharded",
+                         timeout=timedelta(seconds=config.timeout_s))
+        self.config = config
+        self.fsdp_mesh: Any = None
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.num_nodes * self.num_processes  # every rank holds a data shard
+        self._tensor_parallel_size = 1
+        super().setup_environment()
+        if self.config.sharding == "hybrid":
+            from torch.distributed.device_mesh import init_device_mesh
+
+            self.fsdp_mesh = init_device_mesh(self.root_device.type, (self.num_nodes, self.num_processes),
+                                              mesh_dim_names=("replicate", "shard"))
+        else:
+            self.fsdp_mesh = self.device_mesh["data_parallel"]
+
+    def model_to_device(self) -> None:
+        if not self.config.cpu_offload:  # offloaded shards must stay in CPU memory; FSDP moves them per use
+            super().model_to_device()
+
+
+def fsdp_mesh(strategy: Strategy) -> Any:
+    """The mesh to shard over, or None when the strategy does not shard."""
+    return getattr(strategy, "fsdp_mesh", None)
+
+
+# --- parallelize: applied once per model, in LightningModule.configure_model ----------------------------------
+
+def parallelize(model: nn.Module, config: ParallelConfig, mesh: Any = None) -> nn.Module:
+    """Activation checkpointing, then FSDP over `mesh` (None: no sharding). Idempotent."""
+    if getattr(model, "_parallelized", False):
+        return model
+    if config.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    if mesh is not None:
+        apply_fsdp(model, mesh, config)
+    model._parallelized = True
+    return model
+
+
+def apply_activation_checkpointing(model: nn.Module) -> None:
+    # The wrapper renames nothing in state dicts (it strips its own prefix), so checkpoints stay portable.
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    encoder = model.encoder
+    for layers in (encoder.cross_attentions, encoder.self_attentions):
+        for i, layer in enumerate(layers):
+            layers[i] = checkpoint_wrapper(layer)
+    for task_model in model.tasks.values():
+        task_model.decoder = checkpoint_wrapper(task_model.decoder)
+    log.info("Applied activation checkpointing to every encoder layer and task decoder")
+
+
+def apply_fsdp(model: nn.Module, mesh: Any, config: ParallelConfig) -> None:
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
+    param_dtype, reduce_dtype = DTYPES[config.param_dtype], DTYPES[config.reduce_dtype]
+    common = {
+        "mesh": mesh,
+        "reshard_after_forward": config.sharding != "grad_op",
+        "offload_policy": CPUOffloadPolicy() if config.cpu_offload else OffloadPolicy(),
+    }
+    # Layers compute in param_dtype. Adapters, queries, heads and the root stay in float32: adapters mix
+    # their inputs with fixed float32 buffers (position features) and heads feed the losses; so decoders
+    # hand back float32 too.
+    layer_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    decoder_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype, output_dtype=torch.float32)
+    outer_policy = MixedPrecisionPolicy(reduce_dtype=reduce_dtype)
+    encoder = model.encoder
+    for layer in [*encoder.cross_attentions, *encoder.self_attentions]:
+        fully_shard(layer, mp_policy=layer_policy, **common)
+    for task_model in model.tasks.values():
+        fully_shard(task_model.decoder, mp_policy=decoder_policy, **common)
+        fully_shard(task_model, mp_policy=outer_policy, **common)
+        # The system calls these methods, not forward(); FSDP must all-gather around them too.
+        register_fsdp_forward_method(task_model, "encode_inputs")
+        register_fsdp_forward_method(task_model, "decode")
+    fully_shard(model, mp_policy=outer_policy, **common)
+    log.info(f"Applied FSDP to the model (sharding={config.sharding}, param_dtype={config.param_dtype}, "
+             f"reduce_dtype={config.reduce_dtype}, cpu_offload={config.cpu_offload}, mesh={tuple(mesh.shape)})")
+
+
+# --- DDP: every parameter in every step, without find_unused_parameters ----------------------------------------
+
+def touches_every_parameter(strategy: Strategy) -> bool:
+    """DDP's reducer needs a gradient for every parameter in every step; FSDP2 units need nothing."""
+    return isinstance(strategy, DDPStrategy)
+
+
+def idle_parameters(model: nn.Module, tasks: Iterable[str]) -> list[nn.Parameter]:
+    """Parameters of the task modules that do not train this step."""
+    training = set(tasks)
+    return [p for name, task_model in model.tasks.items() if name not in training
+            for p in task_model.parameters() if p.requires_grad]
+
+
+def touch_idle_parameters(parameters: list[nn.Parameter]) -> torch.Tensor:
+    """Zero, with every given parameter in its graph: DDP then reduces (zero) gradients for all of them."""
+    if not parameters:
+        return torch.zeros(())
+    return 0.0 * sum(p.sum() for p in parameters)
+
+
+def release_idle_gradients(parameters: list[nn.Parameter]) -> None:
+    """Back to no gradient: AdamW then skips them (no moment decay, no weight decay), as in one process."""
+    for p in parameters:
+        p.grad = None
+
+
+# --- losses: ranks weighted by how much of the global batch they hold -------------------------------------------
+
+def weigh_across_ranks(loss: torch.Tensor, count: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(loss to backpropagate, loss of the global batch, global count) for a loss that is a mean over
+    `count` terms on this rank.
+
+    Data parallel averages gradients over ranks; scaling rank r's loss by count_r * world / sum(count)
+    makes that average the gradient of the mean over all ranks' terms. One all-reduce of two numbers.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return loss, loss.detach(), int(count)
+    count = torch.as_tensor(count, dtype=torch.float64, device=loss.device)
+    totals = torch.stack([loss.detach().double() * count, count])
+    dist.all_reduce(totals)
+    global_loss = (totals[0] / totals[1]).to(loss.dtype)
+    scale = (count * dist.get_world_size() / totals[1]).to(loss.dtype)
+    return loss * scale, global_loss, int(totals[1])
+
+
+# --- faults ----------------------------------------------------------------------------------------------------
+
+COLLECTIVE_FAILURE_HINTS = ("gloo", "nccl", "timed out", "timeout", "connection closed", "connection reset",
+                            "broken pipe", "socket")
+
+
+class CollectiveFailureReport(Callback):
+    """Says in one line why a distributed job failed, on the rank that saw it, before the traceback."""
+
+    def __init__(self, timeout_s: float):
+        self.timeout_s = timeout_s
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        text = str(exception)
+        is_collective = isinstance(exception, dist.DistError) or any(h in text.lower() for h in COLLECTIVE_FAILURE_HINTS)
+        if trainer.world_size > 1 and is_collective:
+            first_line = text.strip().splitlines()[0] if text.strip() else type(exception).__name__
+            print(f"error: rank {trainer.global_rank}/{trainer.world_size}: a collective failed: another rank died "
+                  f"or did not answer within parallel.timeout_s={self.timeout_s:g}s ({first_line[:300]})",
+                  file=sys.stderr, flush=True)
