@@ -28,6 +28,7 @@ KINDS = ("wandb", "csv", "none")
 MODES = ("online", "offline", "disabled")
 MODE_ALIASES = {"dryrun": "offline", "run": "online"}  # older WANDB_MODE spellings
 RUN_ID_KEY = "wandb_run_id"  # where checkpoints keep the W&B run id
+SHARDED_METADATA = "meta.pt"  # Lightning's file for the non-tensor part of a sharded checkpoint folder
 TRACKING_FILE = "tracking.json"  # <output_dir>/tracking.json: which logger ran and where its files are
 
 
@@ -83,10 +84,15 @@ def launch_rank() -> int:
 
 
 def stored_run_id(ckpt_path: str | None) -> str | None:
-    if not ckpt_path or not Path(ckpt_path).is_file():
+    if not ckpt_path:
+        return None
+    path = Path(ckpt_path)
+    if path.is_dir():  # a sharded (FSDP) checkpoint keeps everything but the tensors in meta.pt
+        path = path / SHARDED_METADATA
+    if not path.is_file():
         return None
     # mmap: only the small metadata is read, not every tensor of a large checkpoint
-    checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
+    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
     return checkpoint.get(RUN_ID_KEY)
 
 
