@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torchmetrics import MetricCollection
 
+from perceiver_mt.model.init import fan_in_init_
 from perceiver_mt.model.perceiver import DecoderConfig, EncoderConfig
 from perceiver_mt.shards.codec import decode_fields, encode_fields
 
@@ -58,6 +59,10 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def build_head(self) -> nn.Module:
         """Module: decoder output (B, O, query_channels) -> the task's outputs (e.g. logits)."""
+
+    def init_weights(self, part: nn.Module) -> None:
+        """Initialise a freshly built adapter, query module or head. Default: fan-in init of its Linears."""
+        fan_in_init_(part)
 
     # --- objective ---------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -25,6 +25,8 @@ class TaskModel(nn.Module):
         self.queries = task.build_queries()
         self.decoder = PerceiverDecoder(task.decoder_config(), latent_channels)
         self.head = task.build_head()
+        for part in (self.adapter, self.queries, self.head):
+            task.init_weights(part)
 
     def encode_inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         adapted = self.adapter(batch)

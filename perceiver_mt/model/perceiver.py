@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from perceiver_mt.model.attention import CrossAttentionLayer, SelfAttentionLayer
+from perceiver_mt.model.init import fan_in_init_
 
 
 @dataclass
@@ -83,6 +84,7 @@ class PerceiverEncoder(nn.Module):
             )
             for _ in range(c.num_self_attends_per_block)
         )
+        fan_in_init_(self)
 
     def forward(self, tokens: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         """tokens: (B, M, C), pad_mask: (B, M) True = padding  ->  latents (B, N, D)."""
@@ -113,6 +115,7 @@ class PerceiverDecoder(nn.Module):
             config.query_channels, latent_channels, config.num_heads, config.qk_channels,
             config.v_channels, config.widening_factor, config.query_residual, config.dropout,
         )
+        fan_in_init_(self)
 
     def forward(self, queries: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """queries: (B, O, Cq), latents: (B, N, D)  ->  (B, O, Cq)."""
