@@ -52,11 +52,19 @@ class MultiHeadAttention(nn.Module):
         B, T, C = x.shape
         return x.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)  # (B, H, T, C/H)
 
+    def _project(self, x_q: torch.Tensor, x_kv: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """q, k, v with as few matrix products as the inputs allow: one wide GEMM beats two or three narrow ones."""
+        qk, v = self.to_k.out_features, self.to_v.out_features
+        kv_weight = torch.cat([self.to_k.weight, self.to_v.weight])  # (qk + v, Ckv): a copy of weights, not activations
+        kv_bias = torch.cat([self.to_k.bias, self.to_v.bias])
+        if x_q is x_kv:  # self-attention
+            weight, bias = torch.cat([self.to_q.weight, kv_weight]), torch.cat([self.to_q.bias, kv_bias])
+            return F.linear(x_q, weight, bias).split([qk, qk, v], dim=-1)
+        return (self.to_q(x_q), *F.linear(x_kv, kv_weight, kv_bias).split([qk, v], dim=-1))
+
     def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x_q: (B, Q, Cq), x_kv: (B, K, Ckv), pad_mask: (B, K) True = ignore this key  ->  (B, Q, Cout)."""
-        q = self._split_heads(self.to_q(x_q))
-        k = self._split_heads(self.to_k(x_kv))
-        v = self._split_heads(self.to_v(x_kv))
+        q, k, v = (self._split_heads(t) for t in self._project(x_q, x_kv))
         out = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=padding_to_attention_mask(pad_mask),
