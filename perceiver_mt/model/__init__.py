@@ -1,7 +1,13 @@
 """Perceiver IO in pure PyTorch."""
 
 from perceiver_mt.model.multitask import MultiTaskPerceiver, TaskModel
-from perceiver_mt.model.perceiver import DecoderConfig, EncoderConfig, PerceiverDecoder, PerceiverEncoder
+from perceiver_mt.model.perceiver import (
+    DecoderConfig,
+    EncoderConfig,
+    PerceiverDecoder,
+    PerceiverEncoder,
+    compile_latent_blocks,
+)
 from perceiver_mt.model.position import (
     FourierPositionEncoding,
     LearnedPositionEncoding,
@@ -12,5 +18,6 @@ from perceiver_mt.model.position import (
 
 __all__ = [
     "DecoderConfig", "EncoderConfig", "FourierPositionEncoding", "LearnedPositionEncoding", "MultiTaskPerceiver",
-    "PerceiverDecoder", "PerceiverEncoder", "TaskModel", "fourier_channels", "fourier_features", "linear_positions",
+    "PerceiverDecoder", "PerceiverEncoder", "TaskModel", "compile_latent_blocks", "fourier_channels",
+    "fourier_features", "linear_positions",
 ]
