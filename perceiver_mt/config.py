@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from perceiver_mt.model.perceiver import EncoderConfig
-from perceiver_mt.sampling import SamplingConfig
+from perceiver_mt.sampling import STRATEGIES, SamplingConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -96,6 +96,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 raise ConfigError(f"override {override!r} must look like dotted.key=value")
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([override]))
         OmegaConf.resolve(merged)
+        if merged.sampling.strategy not in STRATEGIES:
+            raise ConfigError(f"sampling.strategy={merged.sampling.strategy!r} is unknown; choose one of {', '.join(STRATEGIES)}")
         for name, task in merged.tasks.items():
             if OmegaConf.is_missing(task, "plugin"):
                 raise ConfigError(f"tasks.{name}.plugin is not set: name a registered task plugin")
