@@ -104,13 +104,14 @@ def test_two_process_ddp_job_makes_exactly_one_wandb_run(tmp_path: Path) -> None
                "trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu", *SHORT,
                "trainer.max_steps=4", "trainer.val_check_interval=2"]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    log = done.stderr[-3000:]
+    assert done.returncode == 0, log
     run_dirs = list(output.glob("wandb/*run-*"))
-    assert len(run_dirs) == 1, run_dirs
+    assert len(run_dirs) == 1, (run_dirs, log)
     assert not list(tmp_path.glob("wandb")) and not list(REPO.glob("wandb"))  # no stray run elsewhere
     [path] = run_files(output)
     rows = wandb_reader.history(path)
-    assert {"train/digits/loss", "train/pydoc_mlm/loss", "val/digits/acc"} <= logged_keys(rows)
+    assert {"train/digits/loss", "train/pydoc_mlm/loss", "val/digits/acc"} <= logged_keys(rows), log
     # samples/s counts both ranks: 2 x the per-rank batch size per step
     assert max(row["train/digits/samples_per_sec"] for row in rows if "train/digits/samples_per_sec" in row) > 0
 

@@ -29,7 +29,7 @@ class MediaMonitor(Callback):
 
     def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
-        if batch_idx != 0 or self.every_n_steps < 0 or trainer.sanity_checking or not trainer.is_global_zero:
+        if batch_idx != 0 or self.every_n_steps < 0 or trainer.sanity_checking:
             return
         task = pl_module.task_names[dataloader_idx]
         step = trainer.global_step
@@ -38,7 +38,10 @@ class MediaMonitor(Callback):
             return
         self.last_step[task] = step
         with torch.no_grad():
-            media = pl_module.task_plugins[task].log_media(pl_module(task, batch), batch)
+            outputs = pl_module(task, batch)  # on every rank: a sharded (FSDP) forward is a collective
+        if not trainer.is_global_zero:
+            return
+        media = pl_module.task_plugins[task].log_media(outputs, batch)
         log_media(trainer, {f"media/{task}/{name}": item for name, item in media.items()}, self.media_dir, step)
 
 

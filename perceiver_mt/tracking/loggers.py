@@ -177,7 +177,16 @@ def record(config: RunConfig, logger: Logger) -> Logger:
 
 
 def finish(trainer: Trainer) -> None:
-    """Close the W&B run on the rank that owns it: its .wandb file is complete after this."""
+    """Close the W&B run on the rank that owns it, and wait until its .wandb file is complete.
+
+    `run.finish()` alone returns while W&B's service may still be writing the last records (seen with
+    W&B 0.31 under load); `wandb.teardown()` waits for the service to write and upload everything.
+    """
+    if not trainer.is_global_zero:
+        return
     for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            import wandb
+
             logger.experiment.finish()
+            wandb.teardown()
