@@ -93,6 +93,9 @@ def test_checkpoint_carries_run_id_and_resume_continues_the_same_run(tmp_path: P
     assert wandb_reader.run_record(second).run_id == run_id
     steps = [row["trainer/global_step"] for row in wandb_reader.history(second) if "train/digits/loss" in row]
     assert steps and min(steps) > 8 and max(steps) == 12  # continues after the checkpoint's step
+    sampled = [row["train/digits/steps_sampled"] for row in wandb_reader.history(second)
+               if "train/digits/steps_sampled" in row]
+    assert sampled[-1] == 6  # counted across the restart: 4 before it, 2 after
 
 
 @pytest.mark.distributed

@@ -6,7 +6,7 @@ Logged every `trainer.log_every_n_steps` optimizer steps, averaged over the step
                                    a snapshot that repeats a stale value for tasks that did not train)
     train/<task>/samples_per_sec   samples of the task per second of the steps that trained it (all ranks)
     train/<task>/steps_sampled     batches the task has trained on so far (survives resume)
-    train/<task>/step_share        steps_sampled / all batches so far
+    train/<task>/step_share        share of all batches so far that trained the task (1.0 each in "all" mode)
     train/samples_per_sec          all samples per second of wall time, data loading included
     train/steps_per_sec            optimizer steps per second of wall time
     train/lr                       learning rate of the first parameter group
@@ -43,6 +43,7 @@ def step_loss(trainer: Trainer, task: str) -> float | None:
 class TaskStatsMonitor(Callback):
     def __init__(self) -> None:
         self.sampled: Counter[str] = Counter()  # cumulative batches per task
+        self.batches = 0  # cumulative batches
         self._reset_window()
         self._step_start = 0.0
         self._step_tasks: dict[str, int] = {}
@@ -67,6 +68,7 @@ class TaskStatsMonitor(Callback):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         seconds = time.perf_counter() - self._step_start
+        self.batches += 1
         for task, samples in self._step_tasks.items():
             self.sampled[task] += 1
             self.window_samples[task] += samples
@@ -79,11 +81,10 @@ class TaskStatsMonitor(Callback):
             return
         self._last_logged_step = step
         wall = max(time.perf_counter() - self.window_start, 1e-9)
-        total = sum(self.sampled.values())
         metrics: dict[str, float] = {}
         for task in sorted(self.sampled):
             metrics[f"train/{task}/steps_sampled"] = float(self.sampled[task])
-            metrics[f"train/{task}/step_share"] = self.sampled[task] / total
+            metrics[f"train/{task}/step_share"] = self.sampled[task] / max(self.batches, 1)
             if self.window_losses.get(task):
                 metrics[f"train/{task}/loss"] = sum(self.window_losses[task]) / len(self.window_losses[task])
             if self.window_seconds[task] > 0:
@@ -96,7 +97,8 @@ class TaskStatsMonitor(Callback):
         self._reset_window()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sampled": dict(self.sampled)}
+        return {"sampled": dict(self.sampled), "batches": self.batches}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.sampled = Counter(state_dict.get("sampled", {}))
+        self.batches = int(state_dict.get("batches", sum(self.sampled.values())))
