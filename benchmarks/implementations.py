@@ -204,10 +204,16 @@ BUILDERS = {"ours": build_ours, "hf": build_hf, "krasserm": build_krasserm, "luc
 
 
 def build(implementation: str, config: ClassifierConfig | FlowConfig) -> Bench:
-    """`implementation` is one of IMPLEMENTATIONS, optionally with "+ckpt" (activation checkpointing)."""
-    name, _, option = implementation.partition("+")
-    if name not in BUILDERS or option not in ("", "ckpt"):
-        raise ValueError(f"unknown implementation {implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)} "
-                         "(optionally with +ckpt)")
+    """`implementation` is one of IMPLEMENTATIONS, optionally with options: "ours+ckpt" (activation
+    checkpointing), "ours+compile" (torch.compile of the latent layers), "ours+ckpt+compile"."""
+    name, *options = implementation.split("+")
+    if name not in BUILDERS or not set(options) <= {"ckpt", "compile"} or ("compile" in options and name != "ours"):
+        raise ValueError(f"unknown implementation {implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}, "
+                         "optionally +ckpt, and ours+compile")
     torch.manual_seed(0)
-    return BUILDERS[name](config, checkpointing=option == "ckpt")
+    bench = BUILDERS[name](config, checkpointing="ckpt" in options)
+    if "compile" in options:
+        from perceiver_mt.model import compile_latent_blocks
+
+        compile_latent_blocks(bench.model.encoder)
+    return bench

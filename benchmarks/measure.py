@@ -40,49 +40,86 @@ def resolve_config(name: str):
     return get_config(name)
 
 
-def measure(impl: str, config_name: str, mode: str, steps: int, warmup: int) -> dict:
+def measure(
+    impl: str, config_name: str, mode: str, steps: int, warmup: int,
+    device: str = "cpu", autocast: str = "none", sdpa: str = "default",
+) -> dict:
+    """Times `steps` steps after `warmup`; memory is peak RSS on CPU, peak allocated memory on CUDA.
+
+    Every implementation gets the same optimizer: AdamW with `fused=True` (one kernel for all
+    parameters; the default multi-pass version alone costs a quarter of a config-A step on this CPU).
+    """
+    import contextlib
+
     import torch
 
     from benchmarks.implementations import build, loss_fn, make_inputs
 
     config = resolve_config(config_name)
     bench = build(impl, config)
-    x, target = make_inputs(config)
-    optimizer = torch.optim.AdamW(bench.model.parameters(), lr=1e-4) if mode == "train" else None
+    bench.model.to(device)
+    x, target = (t.to(device) for t in make_inputs(config))
+    optimizer = torch.optim.AdamW(bench.model.parameters(), lr=1e-4, fused=True) if mode == "train" else None
+    cuda = device.startswith("cuda")
     base_rss = rss_gb()
+    base_cuda = torch.cuda.memory_allocated() / 2**30 if cuda else None
+
+    def context() -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        if autocast != "none":
+            stack.enter_context(torch.autocast(device.split(":")[0], dtype=getattr(torch, autocast)))
+        if sdpa != "default":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            stack.enter_context(sdpa_kernel(getattr(SDPBackend, sdpa.upper())))
+        return stack
 
     def step() -> None:
-        if optimizer is None:
-            with torch.no_grad():
-                bench.run(x)
-            return
-        optimizer.zero_grad(set_to_none=True)
-        loss_fn(config, bench.run(x), target).backward()
+        with context():
+            if optimizer is None:
+                with torch.no_grad():
+                    bench.run(x)
+                return
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(config, bench.run(x).float(), target)
+        loss.backward()
         optimizer.step()
 
     times = []
     for i in range(warmup + steps):
+        if cuda and i == warmup:
+            torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         step()
+        if cuda:
+            torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    return {
+    result = {
         "status": "ok", "times": times, "params": bench.parameters(), "base_rss_gb": base_rss,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "device": device, "autocast": autocast, "sdpa": sdpa,
     }
+    result["peak_memory_gb"] = result["peak_rss_gb"]
+    if cuda:
+        result.update(device_name=torch.cuda.get_device_name(), base_cuda_gb=base_cuda,
+                      peak_memory_gb=torch.cuda.max_memory_allocated() / 2**30)
+    return result
 
 
-def matmul_flops(size: int = MATMUL_SIZE, repeats: int = 5) -> dict:
+def matmul_flops(size: int = MATMUL_SIZE, repeats: int = 5, device: str = "cpu") -> dict:
     """fp32 GEMM FLOP/s of this machine right now (median of `repeats`, after one warm-up)."""
     import torch
 
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     a @ b
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
+        sync()
         times.append(time.perf_counter() - start)
     return {"status": "ok", "times": times, "flops": 2 * size**3}
 
@@ -131,14 +168,19 @@ def main() -> None:
     parser.add_argument("--mode", choices=("train", "forward"), default="train")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    parser.add_argument("--autocast", choices=("none", "bfloat16", "float16"), default="none")
+    parser.add_argument("--sdpa", choices=("default", "flash_attention", "efficient_attention", "math", "cudnn_attention"),
+                        default="default", help="force one scaled_dot_product_attention backend")
     parser.add_argument("--matmul", action="store_true", help="measure fp32 GEMM FLOP/s instead")
     args = parser.parse_args()
     if args.matmul:
-        result = matmul_flops()
+        result = matmul_flops(device=args.device)
     else:
         if not (args.impl and args.config):
             parser.error("--impl and --config are required unless --matmul")
-        result = measure(args.impl, args.config, args.mode, args.steps, args.warmup)
+        result = measure(args.impl, args.config, args.mode, args.steps, args.warmup, args.device, args.autocast,
+                         args.sdpa)
     print(json.dumps(result))
 
 

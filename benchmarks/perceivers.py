@@ -49,6 +49,10 @@ def machine() -> dict:
     }
 
 
+def device_args(args: argparse.Namespace) -> list[str]:
+    return ["--device", args.device, "--autocast", args.autocast, "--sdpa", args.sdpa]
+
+
 def rotated(items: list[str], shift: int) -> list[str]:
     shift %= len(items)
     return items[shift:] + items[:shift]
@@ -71,7 +75,8 @@ def summarize(config_name: str, records: dict[tuple[str, str], list[dict]], matm
             achieved = step_flops(config, mode) / median / 1e9
             row.update(
                 params=ok[0]["params"], median_s=median, samples_per_s=config.batch / median, n_times=len(times),
-                peak_rss_gb=max(r["peak_rss_gb"] for r in ok), base_rss_gb=min(r["base_rss_gb"] for r in ok),
+                peak_memory_gb=max(r["peak_memory_gb"] for r in ok),
+                base_rss_gb=min(r["base_rss_gb"] for r in ok),
                 achieved_gflops=achieved, flops_fraction=achieved / machine_gflops,
             )
         else:
@@ -82,7 +87,7 @@ def summarize(config_name: str, records: dict[tuple[str, str], list[dict]], matm
         for row in rows:
             if ours and row["mode"] == mode and row["status"] == "ok":
                 row["ours_speedup"] = row["median_s"] / ours["median_s"]  # >1: ours is faster
-                row["memory_vs_ours"] = row["peak_rss_gb"] / ours["peak_rss_gb"]
+                row["memory_vs_ours"] = row["peak_memory_gb"] / ours["peak_memory_gb"]
     return rows
 
 
@@ -93,7 +98,7 @@ def compare(args: argparse.Namespace) -> dict:
     matmul: list[float] = []
     info = machine()
     for round_ in range(args.rounds):
-        matmul.append(matmul_gflops(measure_in_child(["--matmul"], args.memory_limit_gb, 300)))
+        matmul.append(matmul_gflops(measure_in_child(["--matmul", "--device", args.device], args.memory_limit_gb, 300)))
         print(f"round {round_ + 1}/{args.rounds}: fp32 matmul {matmul[-1]:.1f} GFLOP/s", flush=True)
         for mode in modes:
             for impl in rotated(impls, round_):
@@ -102,14 +107,14 @@ def compare(args: argparse.Namespace) -> dict:
                     continue  # it will not fit / finish this time either
                 result = measure_in_child(
                     ["--impl", impl, "--config", args.config, "--mode", mode, "--steps", str(args.steps),
-                     "--warmup", str(args.warmup)],
+                     "--warmup", str(args.warmup), *device_args(args)],
                     args.memory_limit_gb, args.timeout_s,
                 )
                 previous.append(result)
                 shown = [round(t, 3) for t in result.get("times", [])]
-                print(f"  {mode:7s} {impl:12s} {result['status']:7s} times {shown} "
-                      f"peak {result.get('peak_rss_gb', float('nan')):.2f} GB", flush=True)
-    matmul.append(matmul_gflops(measure_in_child(["--matmul"], args.memory_limit_gb, 300)))
+                peak = result.get("peak_memory_gb", result.get("peak_rss_gb", float("nan")))
+                print(f"  {mode:7s} {impl:12s} {result['status']:7s} times {shown} peak {peak:.2f} GB", flush=True)
+    matmul.append(matmul_gflops(measure_in_child(["--matmul", "--device", args.device], args.memory_limit_gb, 300)))
     info["load_average_end"] = os.getloadavg()
     report = {
         "config": args.config, "machine": info, "matmul_gflops": matmul, "command": args.command_line,
@@ -128,19 +133,19 @@ def sweep(args: argparse.Namespace) -> dict:
     info = machine()
     gave_up: set[str] = set()
     for index, size in enumerate(sizes):
-        matmul.append(matmul_gflops(measure_in_child(["--matmul"], args.memory_limit_gb, 300)))
+        matmul.append(matmul_gflops(measure_in_child(["--matmul", "--device", args.device], args.memory_limit_gb, 300)))
         for impl in rotated(impls, index):
             if impl in gave_up:
                 rows.append({"impl": impl, "inputs": size, "status": "skipped (failed at a smaller size)"})
                 continue
             result = measure_in_child(
                 ["--impl", impl, "--config", f"sweep:{size}", "--mode", args.mode, "--steps", str(args.steps),
-                 "--warmup", str(args.warmup)],
+                 "--warmup", str(args.warmup), *device_args(args)],
                 args.memory_limit_gb, args.timeout_s,
             )
             records[(impl, str(size))].append(result)
             row = {"impl": impl, "inputs": size, "status": result["status"],
-                   "peak_rss_gb": result.get("peak_rss_gb")}
+                   "peak_memory_gb": result.get("peak_memory_gb", result.get("peak_rss_gb"))}
             if result["status"] == "ok":
                 row["median_s"] = statistics.median(result["times"])
                 row["base_rss_gb"] = result["base_rss_gb"]
@@ -148,7 +153,7 @@ def sweep(args: argparse.Namespace) -> dict:
                 gave_up.add(impl)
             rows.append(row)
             print(f"  {size:7d} {impl:12s} {result['status']:7s} {row.get('median_s', float('nan')):8.3f} s "
-                  f"peak {row.get('peak_rss_gb') or float('nan'):.2f} GB", flush=True)
+                  f"peak {row.get('peak_memory_gb') or float('nan'):.2f} GB", flush=True)
     info["load_average_end"] = os.getloadavg()
     report = {"config": "sweep", "mode": args.mode, "machine": info, "matmul_gflops": matmul,
               "command": args.command_line, "rows": rows}
@@ -158,8 +163,8 @@ def sweep(args: argparse.Namespace) -> dict:
 
 def markdown_table(report: dict) -> str:
     lines = [
-        "| mode | implementation | parameters | median step (s) | samples/s | ours faster by | peak RSS (GB) "
-        "| RSS vs ours | achieved GFLOP/s | of matmul peak |",
+        "| mode | implementation | parameters | median step (s) | samples/s | ours faster by | peak memory (GB) "
+        "| memory vs ours | achieved GFLOP/s | of matmul peak |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in sorted(report["rows"], key=lambda r: (r["mode"], r["impl"])):
@@ -168,7 +173,7 @@ def markdown_table(report: dict) -> str:
             continue
         lines.append(
             f"| {row['mode']} | {row['impl']} | {row['params'] / 1e6:.2f}M | {row['median_s']:.3f} "
-            f"| {row['samples_per_s']:.2f} | {row.get('ours_speedup', float('nan')):.2f}x | {row['peak_rss_gb']:.2f} "
+            f"| {row['samples_per_s']:.2f} | {row.get('ours_speedup', float('nan')):.2f}x | {row['peak_memory_gb']:.2f} "
             f"| {row.get('memory_vs_ours', float('nan')):.2f} | {row['achieved_gflops']:.1f} "
             f"| {100 * row['flops_fraction']:.0f}% |"
         )
@@ -188,7 +193,7 @@ def sweep_table(report: dict) -> str:
             return ""
         if row["status"] != "ok":
             return row["status"].split(" ")[0]
-        return f"{row['median_s']:.3f} s / {row['peak_rss_gb']:.2f} GB"
+        return f"{row['median_s']:.3f} s / {row['peak_memory_gb']:.2f} GB"
 
     lines = ["| inputs | " + " | ".join(impls) + " |", "|---:|" + "---:|" * len(impls)]
     for size in sizes:
@@ -208,8 +213,8 @@ def plot(args: argparse.Namespace) -> None:
         ok = sorted((r for r in report["rows"] if r["impl"] == impl and r["status"] == "ok"), key=lambda r: r["inputs"])
         sizes = [r["inputs"] for r in ok]
         ax_time.plot(sizes, [r["median_s"] for r in ok], marker="o", label=impl)
-        ax_mem.plot(sizes, [r["peak_rss_gb"] for r in ok], marker="o", label=impl)
-    for ax, ylabel in ((ax_time, "training step (s, median)"), (ax_mem, "peak RSS (GB)")):
+        ax_mem.plot(sizes, [r["peak_memory_gb"] for r in ok], marker="o", label=impl)
+    for ax, ylabel in ((ax_time, "training step (s, median)"), (ax_mem, "peak memory (GB; RSS on CPU)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("input points (batch 1, config A network)")
@@ -235,6 +240,10 @@ def main() -> None:
         p.add_argument("--memory-limit-gb", type=float, default=18.0, help="kill a measurement above this RSS")
         p.add_argument("--timeout-s", type=float, default=900.0, help="kill a measurement after this long")
         p.add_argument("--output", help="JSON file (default benchmarks/results/<config>.json)")
+        p.add_argument("--device", default="cpu", help="cpu or cuda: on CUDA memory is torch's peak allocation")
+        p.add_argument("--autocast", choices=("none", "bfloat16", "float16"), default="none")
+        p.add_argument("--sdpa", default="default", help="force an SDPA backend: flash_attention, efficient_attention, "
+                       "cudnn_attention or math (implementations without SDPA ignore it)")
     sub.choices["compare"].add_argument("--config", default="A", help="A, B, C, tinyA, tinyC or sweep:<inputs>")
     sub.choices["compare"].add_argument("--modes", default="train,forward")
     sub.choices["compare"].add_argument("--rounds", type=int, default=3)
