@@ -1,9 +1,14 @@
 """Byte-level masked language modelling: raw UTF-8 bytes in, one output query per byte position.
 
-The adapter embeds bytes (plus MASK and PAD) and adds learned positions. Each output query is a
-learned position vector; with `query_context > 0` it also carries the (masked) input bytes of a small
-window around it, the way Perceiver IO's flow decoder builds queries from input features: the latents
-then only have to supply what the neighbourhood cannot. Loss and accuracy count masked positions only.
+The adapter embeds bytes (plus MASK and PAD) and adds a position code. Each output query is a
+position code; with `query_context > 0` it also carries the (masked) input bytes of a small window
+around it, the way Perceiver IO's flow decoder builds queries from input features: the latents then
+only have to supply what the neighbourhood cannot. Loss and accuracy count masked positions only.
+
+Positions are Fourier features by default: they are distinct and smooth from the first step, so the
+encoder's cross-attention can tell bytes apart and find neighbours at once. Learned positions start
+as near-identical small random vectors and need thousands of steps to become useful, which a short
+CPU run does not have.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from torch import nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from perceiver_mt.model import DecoderConfig, LearnedPositionEncoding
+from perceiver_mt.model import DecoderConfig, FourierPositionEncoding, LearnedPositionEncoding
 from perceiver_mt.task import Batch, Task
 from perceiver_mt.tracking.media import Table
 
@@ -33,16 +38,43 @@ class ByteMLMOptions:
     query_channels: int = 64
     query_context: int = 0  # bytes each side of a position mixed into its output query (0 = position only)
     decoder_heads: int = 1
+    position: str = "fourier"  # fourier | learned: position code of input tokens and output queries
+    num_bands: int = 32  # Fourier bands (frequencies 1..seq_len/2) when position="fourier"
     mask_char: str = "\u2588"  # marks masked characters in text given to `make_batch`
 
 
-class ByteAdapter(nn.Module):
-    """(B, L) byte ids  ->  (B, L, C) tokens: byte embedding + learned position."""
+POSITIONS = ("fourier", "learned")
 
-    def __init__(self, channels: int, seq_len: int):
+
+class ProjectedFourierPosition(nn.Module):
+    """Fixed 1D Fourier features of positions 0..L-1, linearly projected: (B, L, channels)."""
+
+    def __init__(self, seq_len: int, channels: int, num_bands: int):
+        super().__init__()
+        self.features = FourierPositionEncoding((seq_len,), num_bands)
+        self.project = nn.Linear(self.features.num_channels, channels)
+        # Unit variance out (features have mean square ~1/2), as strong as an nn.Embedding byte code.
+        nn.init.normal_(self.project.weight, std=(2.0 / self.features.num_channels) ** 0.5)
+
+    def forward(self, batch_size: int) -> torch.Tensor:
+        return self.project(self.features(batch_size))  # (B, L, channels)
+
+
+def build_position(kind: str, seq_len: int, channels: int, num_bands: int) -> nn.Module:
+    if kind == "fourier":
+        return ProjectedFourierPosition(seq_len, channels, num_bands)
+    if kind == "learned":
+        return LearnedPositionEncoding(seq_len, channels)
+    raise ValueError(f"byte_mlm option position={kind!r} is unknown; choose one of {', '.join(POSITIONS)}")
+
+
+class ByteAdapter(nn.Module):
+    """(B, L) byte ids  ->  (B, L, C) tokens: byte embedding + position code."""
+
+    def __init__(self, channels: int, seq_len: int, position: str = "fourier", num_bands: int = 32):
         super().__init__()
         self.embed = nn.Embedding(VOCAB, channels)
-        self.position = LearnedPositionEncoding(seq_len, channels)
+        self.position = build_position(position, seq_len, channels, num_bands)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         ids = batch["inputs"]
@@ -51,11 +83,11 @@ class ByteAdapter(nn.Module):
 
 
 class PositionQueries(nn.Module):
-    """One query per byte: learned position (+ embedded bytes of a window around it)."""
+    """One query per byte: position code (+ embedded bytes of a window around it)."""
 
-    def __init__(self, channels: int, seq_len: int, context: int):
+    def __init__(self, channels: int, seq_len: int, context: int, position: str = "fourier", num_bands: int = 32):
         super().__init__()
-        self.position = LearnedPositionEncoding(seq_len, channels)
+        self.position = build_position(position, seq_len, channels, num_bands)
         self.context = context
         if context:
             self.embed = nn.Embedding(VOCAB, channels)
@@ -95,10 +127,12 @@ class ByteMLMTask(Task):
     shard_fields = {"inputs": "int16", "target": "uint8", "loss_mask": "bool", "index": "int64"}
 
     def build_adapter(self) -> nn.Module:
-        return ByteAdapter(self.encoder.input_channels, self.options.seq_len)
+        o = self.options
+        return ByteAdapter(self.encoder.input_channels, o.seq_len, o.position, o.num_bands)
 
     def build_queries(self) -> nn.Module:
-        return PositionQueries(self.options.query_channels, self.options.seq_len, self.options.query_context)
+        o = self.options
+        return PositionQueries(o.query_channels, o.seq_len, o.query_context, o.position, o.num_bands)
 
     def decoder_config(self) -> DecoderConfig:
         return DecoderConfig(query_channels=self.options.query_channels, num_heads=self.options.decoder_heads)
@@ -112,6 +146,9 @@ class ByteMLMTask(Task):
     def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         masked = batch["loss_mask"]
         return F.cross_entropy(outputs[masked], batch["target"][masked])
+
+    def loss_count(self, batch: Batch) -> torch.Tensor:
+        return batch["loss_mask"].sum()  # the loss is a mean over masked bytes, not over samples
 
     def build_metrics(self) -> MetricCollection:
         return MetricCollection({
