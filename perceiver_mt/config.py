@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from perceiver_mt.model.perceiver import EncoderConfig
+from perceiver_mt.parallel import ParallelConfig
 from perceiver_mt.sampling import STRATEGIES, SamplingConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -68,6 +69,7 @@ class RunConfig:
     steps_per_epoch: int | None = None  # None = the tasks' train batches added up
     tasks: dict[str, TaskConfig] = field(default_factory=dict)
     trainer: dict[str, Any] = field(default_factory=dict)  # keyword arguments of lightning.Trainer
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # DDP/FSDP options (perceiver_mt.parallel)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     ckpt_path: str | None = None  # resume from this checkpoint ("last" = output_dir/checkpoints/last.ckpt)
     test: bool = True  # evaluate the test split of every task after fitting

@@ -7,6 +7,7 @@ by `TaskSampler`; validation and test return one loader per task, in sorted task
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sized
 from typing import Any, Callable
 
@@ -28,7 +29,8 @@ class EvalShardSampler(Sampler[int]):
     """Rank r of w takes indices r, r+w, r+2w, ...: every sample exactly once across ranks, no padding.
 
     (`DistributedSampler` pads with repeated samples so ranks have equal counts, which double-counts
-    validation metrics; evaluation needs no equal counts because it runs no per-step collectives.)
+    validation metrics. Equal *batch* counts are still needed under FSDP, where every forward is a
+    collective: `EvalShardBatchSampler` gives them.)
     """
 
     def __init__(self, num_samples: int, rank: int, world_size: int):
@@ -39,6 +41,29 @@ class EvalShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class EvalShardBatchSampler(Sampler[list[int]]):
+    """`EvalShardSampler`'s indices in the same number of batches on every rank (sizes differ by at most one).
+
+    Under FSDP each evaluation forward all-gathers parameters, so a rank with one batch more than the
+    others would wait forever; splitting ceil(n / world) into equal batch counts keeps every sample once.
+    """
+
+    def __init__(self, num_samples: int, rank: int, world_size: int, batch_size: int):
+        indices = EvalShardSampler(num_samples, rank, world_size).indices
+        num_batches = math.ceil(math.ceil(num_samples / world_size) / batch_size)
+        if len(indices) < num_batches:
+            raise ValueError(f"{num_samples} evaluation samples cannot fill {num_batches} batches on each of "
+                             f"{world_size} ranks: use a larger batch size or fewer ranks")
+        bounds = [round(i * len(indices) / num_batches) for i in range(num_batches + 1)]
+        self.batches = [indices[a:b] for a, b in zip(bounds, bounds[1:])]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def train_loader(
@@ -55,17 +80,29 @@ def eval_loader(
     datamodule: LightningDataModule, dataset: Dataset, batch_size: int, num_workers: int = 0, **kwargs: Any
 ) -> DataLoader:
     rank, world = rank_and_world(datamodule)
-    sampler = EvalShardSampler(len(dataset), rank, world)  # type: ignore[arg-type]
-    return DataLoader(dataset, batch_size, sampler=sampler, num_workers=num_workers, **kwargs)
+    batches = EvalShardBatchSampler(len(dataset), rank, world, batch_size)  # type: ignore[arg-type]
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, **kwargs)
 
 
 class _EndlessLoader:
-    """Re-iterates a loader forever, advancing its sampler's epoch so each pass reshuffles."""
+    """Re-iterates a loader forever, advancing its sampler's epoch so each pass reshuffles.
+
+    Its position (epoch, batches drawn in that pass) goes into checkpoints; a restored loader re-creates
+    the pass and drops the batches already drawn (data loading only), so the next batch is the same.
+    """
 
     def __init__(self, loader: Any):
         self.loader = loader
         self.epoch = 0
+        self.offset = 0  # batches drawn in the current pass
         self.iterator: Iterator | None = None
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def restore(self, state: dict[str, int]) -> None:
+        self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
+        self.iterator = None
 
     def next(self) -> Any:
         while True:
@@ -76,11 +113,17 @@ class _EndlessLoader:
                     if hasattr(reshuffled, "set_epoch"):
                         reshuffled.set_epoch(self.epoch)
                 self.iterator = iter(self.loader)
+                for _ in range(self.offset):  # restored mid-pass: skip what was already trained on
+                    next(self.iterator)
             try:
-                return next(self.iterator)
+                batch = next(self.iterator)
             except StopIteration:
                 self.iterator = None
                 self.epoch += 1
+                self.offset = 0
+                continue
+            self.offset += 1
+            return batch
 
 
 class MultiTaskStream:
@@ -93,6 +136,7 @@ class MultiTaskStream:
         self.steps_per_epoch = steps_per_epoch
         self.start_step = start_step
         self.accumulate = accumulate_grad_batches
+        self.positions: dict[int, dict[str, dict[str, int]]] = {}  # step -> loader states before its draws
 
     def __len__(self) -> int:
         return self.steps_per_epoch * self.accumulate
@@ -101,7 +145,23 @@ class MultiTaskStream:
         first_step = self.start_step()
         for i in range(len(self)):
             step = first_step + i // self.accumulate
+            if i % self.accumulate == 0:
+                self.positions = {s: p for s, p in self.positions.items() if s >= step - 1}
+                self.positions[step] = self.state()
             yield {task: self.loaders[task].next() for task in self.sampler.tasks_for_step(step)}
+
+    def state(self) -> dict[str, dict[str, int]]:
+        return {task: loader.state() for task, loader in self.loaders.items()}
+
+    def state_before(self, step: int) -> dict[str, dict[str, int]]:
+        """Loader positions before step `step` drew its batches. The trainer fetches a batch ahead, so
+        when a checkpoint is taken after step - 1 the loaders may already be past that point."""
+        return self.positions.get(step, self.state())
+
+    def restore(self, state: dict[str, dict[str, int]]) -> None:
+        for task, position in state.items():
+            if task in self.loaders:  # a task added since the checkpoint starts from its beginning
+                self.loaders[task].restore(position)
 
 
 class MultiTaskDataModule(LightningDataModule):
@@ -112,6 +172,8 @@ class MultiTaskDataModule(LightningDataModule):
         self.sampler_factory = sampler_factory
         self.steps_per_epoch = steps_per_epoch
         self.sampler: TaskSampler | None = None
+        self.stream: MultiTaskStream | None = None
+        self._restored: dict[str, dict[str, int]] | None = None  # loader positions from a checkpoint
 
     @property
     def task_names(self) -> list[str]:
@@ -133,11 +195,25 @@ class MultiTaskDataModule(LightningDataModule):
         loaders = {name: dm.train_dataloader() for name, dm in self.datamodules.items()}
         steps = self.steps_per_epoch or sum(len(loader) for loader in loaders.values())
         trainer = self.trainer
-        return MultiTaskStream(
+        self.stream = MultiTaskStream(
             loaders, self.sampler, steps,
             start_step=(lambda: trainer.global_step) if trainer is not None else (lambda: 0),
             accumulate_grad_batches=trainer.accumulate_grad_batches if trainer is not None else 1,
         )
+        if self._restored is not None:
+            self.stream.restore(self._restored)
+            self._restored = None
+        return self.stream
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints: where each task's loader stands after the last finished step (the same
+        on every rank: all ranks train the same tasks at every step)."""
+        if self.stream is None or self.trainer is None:
+            return {}
+        return {"loaders": self.stream.state_before(self.trainer.global_step)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = state_dict.get("loaders")
 
     def val_dataloader(self) -> list[Any]:
         return [dm.val_dataloader() for dm in self.datamodules.values()]
@@ -174,4 +250,3 @@ class DataStatsMonitor(Callback):
                 # Every rank reaches this step, so the summing collective cannot hang.
                 pl_module.log(f"data/{task}/{key}", float(value), on_step=True, on_epoch=False, sync_dist=True,
                               reduce_fx="sum", batch_size=1)
-

@@ -25,7 +25,7 @@ Data parallel "the same as one process" needs two things beyond averaging gradie
 
 from __future__ import annotations
 
-import logging
+import signal
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,9 +36,9 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, Strategy
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
-
-log = logging.getLogger(__name__)
 
 SHARDINGS = ("full", "grad_op", "hybrid")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -47,7 +47,10 @@ CHECKPOINTS = ("sharded", "full")
 
 @dataclass
 class ParallelConfig:
-    timeout_s: float = 1800.0  # a collective waiting this long fails the job (dead or hung rank); low = fast failure, but slow steps trip it
+    # A dead or hung rank fails the job once a collective has waited this long. Low = fast failure, but a
+    # legitimately slow phase (rank 0 writing a full checkpoint while the others wait) must fit in it.
+    timeout_s: float = 600.0
+    init_timeout_s: float = 600.0  # the same bound for start-up: every rank joining, and the first step
     activation_checkpointing: bool = False  # recompute each layer's activations in backward: less memory, ~1/3 more compute
     # The rest applies to trainer.strategy=fsdp only.
     sharding: str = "full"  # full: params resharded after forward (least memory) | grad_op: kept to backward (less traffic) | hybrid: shard within a node, replicate across nodes
@@ -67,8 +70,9 @@ def check_config(config: ParallelConfig, strategy: Any, accelerator: Any) -> Non
                                 ("reduce_dtype", config.reduce_dtype, DTYPES), ("checkpoint", config.checkpoint, CHECKPOINTS)):
         if value not in allowed:
             raise ConfigError(f"parallel.{key}={value!r} is unknown; choose one of {', '.join(allowed)}")
-    if config.timeout_s <= 0:
-        raise ConfigError(f"parallel.timeout_s must be > 0 seconds, got {config.timeout_s}")
+    for key in ("timeout_s", "init_timeout_s"):
+        if getattr(config, key) <= 0:
+            raise ConfigError(f"parallel.{key} must be > 0 seconds, got {getattr(config, key)}")
     if strategy != "fsdp":
         defaults = ParallelConfig()
         for key in ("sharding", "param_dtype", "reduce_dtype", "cpu_offload", "checkpoint"):
@@ -81,11 +85,12 @@ def check_config(config: ParallelConfig, strategy: Any, accelerator: Any) -> Non
 def build_strategy(strategy: Any, config: ParallelConfig, accelerator: Any = "auto") -> Any:
     """`trainer.strategy` as configured  ->  what Lightning's Trainer gets.
 
-    "ddp" and "fsdp" become strategy objects carrying the collective timeout (gloo on cpu, nccl on
-    cuda, Lightning picks). Anything else (auto, ddp_spawn, a Strategy object) passes through.
+    "ddp" and "fsdp" become strategy objects (gloo on cpu, nccl on cuda: Lightning picks) whose process
+    group starts with `init_timeout_s`; `CollectiveTimeout` tightens it to `timeout_s` after the first
+    step. Anything else (auto, ddp_spawn, a Strategy object) passes through.
     """
     check_config(config, strategy, accelerator)
-    timeout = timedelta(seconds=config.timeout_s)
+    timeout = timedelta(seconds=config.init_timeout_s)
     if strategy == "ddp":
         # find_unused_parameters stays off: idle tasks are handled by touch_idle_parameters.
         return DDPStrategy(timeout=timeout, find_unused_parameters=False)
@@ -106,7 +111,7 @@ class FSDP2Strategy(ModelParallelStrategy):
 
     def __init__(self, config: ParallelConfig):
         super().__init__(save_distributed_checkpoint=config.checkpoint == "sharded",
-                         timeout=timedelta(seconds=config.timeout_s))
+                         timeout=timedelta(seconds=config.init_timeout_s))
         self.config = config
         self.fsdp_mesh: Any = None
 
@@ -156,7 +161,7 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
             layers[i] = checkpoint_wrapper(layer)
     for task_model in model.tasks.values():
         task_model.decoder = checkpoint_wrapper(task_model.decoder)
-    log.info("Applied activation checkpointing to every encoder layer and task decoder")
+    rank_zero_info("Applied activation checkpointing to every encoder layer and task decoder")
 
 
 def apply_fsdp(model: nn.Module, mesh: Any, config: ParallelConfig) -> None:
@@ -185,7 +190,7 @@ def apply_fsdp(model: nn.Module, mesh: Any, config: ParallelConfig) -> None:
         register_fsdp_forward_method(task_model, "encode_inputs")
         register_fsdp_forward_method(task_model, "decode")
     fully_shard(model, mp_policy=outer_policy, **common)
-    log.info(f"Applied FSDP to the model (sharding={config.sharding}, param_dtype={config.param_dtype}, "
+    rank_zero_info(f"Applied FSDP to the model (sharding={config.sharding}, param_dtype={config.param_dtype}, "
              f"reduce_dtype={config.reduce_dtype}, cpu_offload={config.cpu_offload}, mesh={tuple(mesh.shape)})")
 
 
@@ -241,17 +246,46 @@ COLLECTIVE_FAILURE_HINTS = ("gloo", "nccl", "timed out", "timeout", "connection 
                             "broken pipe", "socket")
 
 
-class CollectiveFailureReport(Callback):
-    """Says in one line why a distributed job failed, on the rank that saw it, before the traceback."""
+class CollectiveTimeout(Callback):
+    """Bounds every collective by `parallel.timeout_s` from the second step on, and says in one line why a
+    distributed job failed, on the rank that saw it, before the traceback.
+
+    Start-up (ranks joining, data set-up, the first step) runs under `init_timeout_s` instead, so a short
+    timeout for a hung rank does not fail a slow start. As in torchtitan, all ranks meet at a barrier
+    before the switch: no fast rank may run a collective under the short timeout while a slow one is
+    still legitimately busy under the long one. `_set_pg_timeout` is private but the one way to change
+    a live process group's timeout.
+    """
 
     def __init__(self, timeout_s: float):
         self.timeout_s = timeout_s
+        self.applied = False
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.applied or not (dist.is_available() and dist.is_initialized()):
+            return
+        self.applied = True
+        from torch.distributed.distributed_c10d import _set_pg_timeout
+
+        dist.barrier()
+        mesh = fsdp_mesh(trainer.strategy)
+        groups = [None, *(mesh.get_all_groups() if mesh is not None else [])]  # None: the default group
+        for group in groups:
+            _set_pg_timeout(timedelta(seconds=self.timeout_s), group)
+        rank_zero_info(f"Collective timeout set to {self.timeout_s:g}s (parallel.timeout_s)")
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         text = str(exception)
         is_collective = isinstance(exception, dist.DistError) or any(h in text.lower() for h in COLLECTIVE_FAILURE_HINTS)
         if trainer.world_size > 1 and is_collective:
             first_line = text.strip().splitlines()[0] if text.strip() else type(exception).__name__
-            print(f"error: rank {trainer.global_rank}/{trainer.world_size}: a collective failed: another rank died "
-                  f"or did not answer within parallel.timeout_s={self.timeout_s:g}s ({first_line[:300]})",
-                  file=sys.stderr, flush=True)
+            bound = f"parallel.timeout_s={self.timeout_s:g}s" if self.applied else "parallel.init_timeout_s"
+            print(f"error: rank {trainer.global_rank}/{trainer.world_size}: a collective failed: another rank "
+                  f"died or did not answer within {bound} ({first_line[:300]})", file=sys.stderr, flush=True)
+        # Lightning ends the ranks it started only on Ctrl+C; after any other failure of this process a
+        # hung rank would outlive the job. (A failing child is seen by Lightning's own observer, and
+        # under torchrun the agent ends the others.)
+        launcher = getattr(trainer.strategy, "launcher", None)
+        if isinstance(launcher, _SubprocessScriptLauncher):
+            launcher.kill(signal.SIGKILL)

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from perceiver_mt.config import ConfigError, RunConfig, validate_kwargs
 from perceiver_mt.data import MultiTaskDataModule
+from perceiver_mt.parallel import CollectiveTimeout, build_strategy
 from perceiver_mt.registry import load_datamodule
 from perceiver_mt.sampling import TaskSampler
 from perceiver_mt.system import MultiTaskSystem
@@ -51,10 +52,12 @@ def build_logger(config: RunConfig) -> Any:
 
 def build_trainer(config: RunConfig, **extra: Any) -> Trainer:
     kwargs = validate_kwargs(Trainer, dict(config.trainer), "trainer")
-    checkpoints = ModelCheckpoint(dirpath=Path(config.output_dir) / "checkpoints", save_last=True, save_top_k=0)
+    kwargs["strategy"] = build_strategy(kwargs.get("strategy", "auto"), config.parallel, kwargs.get("accelerator", "auto"))
+    checkpoints = ModelCheckpoint(dirpath=Path(config.output_dir) / "checkpoints", save_last=True, save_top_k=0,
+                                  every_n_train_steps=config.parallel.checkpoint_every_n_steps or None)
     kwargs.setdefault("default_root_dir", config.output_dir)
     kwargs["callbacks"] = [checkpoints, *build_callbacks(config), *kwargs.get("callbacks", []),
-                           *extra.pop("callbacks", [])]
+                           CollectiveTimeout(config.parallel.timeout_s), *extra.pop("callbacks", [])]
     kwargs.setdefault("logger", build_logger(config))
     kwargs.setdefault("use_distributed_sampler", False)  # task DataModules shard by rank themselves
     return Trainer(**{**kwargs, **extra})
@@ -64,7 +67,7 @@ def resolve_checkpoint(config: RunConfig) -> str | None:
     if config.ckpt_path != "last":
         return config.ckpt_path
     last = Path(config.output_dir) / "checkpoints" / "last.ckpt"
-    return str(last) if last.is_file() else None  # nothing yet: start fresh, so `ckpt_path=last` is always safe
+    return str(last) if last.exists() else None  # a file, or a folder when sharded; nothing yet: start fresh, so `ckpt_path=last` is always safe
 
 
 def collect_metrics(results: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -86,12 +89,15 @@ def format_table(metrics: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def train(config: RunConfig) -> dict[str, dict[str, float]]:
-    """Fit, then validate and test every task; writes `<output_dir>/metrics.json`, returns the same table."""
+def train(config: RunConfig, callbacks: list[Any] | None = None) -> dict[str, dict[str, float]]:
+    """Fit, then validate and test every task; writes `<output_dir>/metrics.json`, returns the same table.
+
+    `callbacks` join the Trainer's own (e.g. to record what each rank did).
+    """
     L.seed_everything(config.seed, workers=True, verbose=False)
     system = MultiTaskSystem.from_config(config)
     datamodule = build_datamodule(config, system)
-    trainer = build_trainer(config)
+    trainer = build_trainer(config, callbacks=list(callbacks or []))
     trainer.fit(system, datamodule=datamodule, ckpt_path=resolve_checkpoint(config))
     results = trainer.validate(system, datamodule=datamodule, verbose=False)
     if config.test:

@@ -14,6 +14,10 @@ from torch import nn
 from perceiver_mt.config import RunConfig, from_dict, to_dict, validate_options
 from perceiver_mt.model.multitask import MultiTaskPerceiver
 from perceiver_mt.optim import build_optimizer
+from perceiver_mt.parallel import (
+    fsdp_mesh, idle_parameters, parallelize, release_idle_gradients, touch_idle_parameters, touches_every_parameter,
+    weigh_across_ranks,
+)
 from perceiver_mt.registry import load_task
 from perceiver_mt.task import Batch, Task
 
@@ -46,10 +50,17 @@ class MultiTaskSystem(LightningModule):
             })
             for split in SPLITS
         })
+        self._idle: list[nn.Parameter] = []  # DDP only: parameters of the tasks not training this step
 
     @classmethod
     def from_config(cls, config: RunConfig) -> "MultiTaskSystem":
         return cls(to_dict(config))
+
+    def configure_model(self) -> None:
+        # All scaling (activation checkpointing, FSDP units, mixed precision) lives in perceiver_mt.parallel.
+        if self._trainer is None:  # load_from_checkpoint calls this too: a plain single-process model then
+            return
+        parallelize(self.model, self.run_config.parallel, fsdp_mesh(self.trainer.strategy))
 
     def forward(self, task: str, batch: Batch) -> torch.Tensor:
         return self.model(task, batch)
@@ -59,7 +70,12 @@ class MultiTaskSystem(LightningModule):
         for task, task_batch in batch.items():
             loss = self._shared_step("train", task, task_batch)
             total = total + self.run_config.tasks[task].loss_weight * loss
-        self.log("train/loss", total, prog_bar=True, batch_size=1)
+        # Each rank's total is scaled by its share of the global batch, so their mean is the global loss.
+        self.log("train/loss", total.detach(), prog_bar=True, batch_size=1, sync_dist=True)
+        if touches_every_parameter(self.trainer.strategy):
+            self._idle = idle_parameters(self.model, batch)
+            if self._idle:
+                total = total + touch_idle_parameters(self._idle)
         return total
 
     def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -67,6 +83,9 @@ class MultiTaskSystem(LightningModule):
 
     def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._shared_step("test", self.task_names[dataloader_idx], batch)
+
+    def on_after_backward(self) -> None:
+        release_idle_gradients(self._idle)
 
     def configure_optimizers(self) -> dict:
         total_steps = self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
@@ -81,8 +100,14 @@ class MultiTaskSystem(LightningModule):
         plugin.update_metrics(metrics, outputs, batch)
         batch_size = len(batch["index"]) if "index" in batch else 1
         on_step = split == "train"
-        # Metric objects are logged, not values: Lightning then syncs them across ranks at compute().
-        self.log(f"{split}/{task}/loss", loss, on_step=on_step, on_epoch=True, batch_size=batch_size,
+        count = plugin.loss_count(batch)
+        logged = loss.detach()
+        if on_step:  # loss scaled by this rank's share of the global batch; logged: the global batch's loss
+            loss, logged, count = weigh_across_ranks(loss, count)
+        # Epoch means weigh each batch by its loss count, and sync_dist sums values and counts over ranks
+        # before dividing: the exact mean over all ranks' terms, not a mean of per-rank means.
+        self.log(f"{split}/{task}/loss", logged, on_step=on_step, on_epoch=True, batch_size=int(count),
                  add_dataloader_idx=False, sync_dist=not on_step)
+        # Metric objects are logged, not values: Lightning then syncs them across ranks at compute().
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=batch_size, add_dataloader_idx=False)
         return loss

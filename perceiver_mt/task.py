@@ -69,6 +69,13 @@ class Task(abc.ABC):
     def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Scalar training loss of one batch."""
 
+    def loss_count(self, batch: Batch) -> int | torch.Tensor:
+        """How many terms `loss` averages over: samples by default; a token-mean loss returns its token count.
+
+        Data-parallel ranks and epoch means are weighted by it, so N ranks train like one process.
+        """
+        return len(batch["index"])
+
     @abc.abstractmethod
     def build_metrics(self) -> MetricCollection:
         """Fresh torchmetrics; the system makes one copy per split and syncs them across ranks."""
