@@ -1,0 +1,54 @@
+"""The byte MLM task's modelling choices: position codes and output queries with input-byte context."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from perceiver_mt.model import EncoderConfig
+from tasks.byte_mlm import PAD_ID, ByteMLMOptions, ByteMLMTask
+
+SEQ_LEN = 16
+
+
+def make_task(**options: object) -> ByteMLMTask:
+    return ByteMLMTask("mlm", ByteMLMOptions(seq_len=SEQ_LEN, query_channels=8, num_bands=4, **options),
+                       EncoderConfig(input_channels=12))
+
+
+def random_ids(batch: int = 2) -> torch.Tensor:
+    return torch.randint(0, 256, (batch, SEQ_LEN), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("position", ["fourier", "learned"])
+def test_adapter_and_queries_have_one_vector_per_byte(position: str) -> None:
+    task = make_task(position=position, query_context=1)
+    ids = random_ids()
+    ids[1, -3:] = PAD_ID
+    tokens, pad_mask = task.build_adapter()({"inputs": ids})
+    queries = task.build_queries()({"inputs": ids})
+    assert tokens.shape == (2, SEQ_LEN, 12)
+    assert queries.shape == (2, SEQ_LEN, 8)
+    assert pad_mask[1, -3:].all() and not pad_mask[0].any()
+
+
+def test_fourier_positions_tell_every_byte_apart_from_the_start() -> None:
+    codes = make_task(position="fourier").build_adapter().position(1)[0]  # (L, C), untrained
+    distances = torch.cdist(codes, codes) + torch.eye(SEQ_LEN) * 1e9
+    assert distances.min() > 0.1
+
+
+def test_unknown_position_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="position='rotary'.*fourier, learned"):
+        make_task(position="rotary").build_adapter()
+
+
+@pytest.mark.parametrize("context", [0, 2])
+def test_query_sees_exactly_its_context_window(context: int) -> None:
+    queries = make_task(query_context=context).build_queries()
+    ids = random_ids(1)
+    changed = ids.clone()
+    changed[0, 8] = (changed[0, 8] + 1) % 256
+    delta = (queries({"inputs": changed}) - queries({"inputs": ids}))[0].abs().sum(-1)  # (L,)
+    touched = (delta > 0).nonzero().flatten().tolist()
+    assert touched == list(range(8 - context, 8 + context + 1)) if context else touched == []
