@@ -86,13 +86,27 @@ def _explain(error: OmegaConfBaseException, where: str = "") -> ConfigError:
     return ConfigError(f"config error at '{key}': {str(error).splitlines()[0]}")
 
 
+def load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    """A YAML config file. A top-level `base: other.yaml` (relative to the file) is loaded first and then
+    overridden, so a preset (e.g. configs/fsdp.yaml) holds only what it changes."""
+    values = OmegaConf.load(path)
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    base_path = (path.parent / str(base)).resolve()
+    if not base_path.is_file() or base_path in seen:
+        problem = "does not exist" if not base_path.is_file() else "includes itself"
+        raise ConfigError(f"base: {base!r} in {str(path)!r} {problem}")
+    return typing.cast(DictConfig, OmegaConf.merge(load_yaml(base_path, (*seen, path.resolve())), values))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Schema <- YAML file <- `key=value` overrides, validated; returns a typed RunConfig."""
     path = Path(path) if path else DEFAULT_CONFIG
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(path))
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), load_yaml(path))
         for override in overrides or []:
             if "=" not in override:
                 raise ConfigError(f"override {override!r} must look like dotted.key=value")

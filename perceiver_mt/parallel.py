@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import signal
 import sys
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -135,6 +137,25 @@ class FSDP2Strategy(ModelParallelStrategy):
 def fsdp_mesh(strategy: Strategy) -> Any:
     """The mesh to shard over, or None when the strategy does not shard."""
     return getattr(strategy, "fsdp_mesh", None)
+
+
+def consolidate_checkpoint(folder: str | Path, output: str | Path) -> Path:
+    """A sharded checkpoint folder  ->  one file that `MultiTaskSystem.load_from_checkpoint` reads in a
+    single process: the full weights and the run's metadata (hyperparameters, step). The optimizer
+    state stays behind: sharded optimizer state only serves resuming the sharded run itself."""
+    from lightning.fabric.utilities.load import _METADATA_FILENAME
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    folder, output = Path(folder), Path(output)
+    if not (folder / ".metadata").is_file():
+        raise ValueError(f"{str(folder)!r} is not a sharded checkpoint folder (it has no .metadata file)")
+    with tempfile.TemporaryDirectory() as scratch:
+        dcp_to_torch_save(folder, Path(scratch) / "state.pt")
+        state = torch.load(Path(scratch) / "state.pt", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(folder / _METADATA_FILENAME, map_location="cpu", weights_only=False)
+    checkpoint["state_dict"] = state["state_dict"]
+    torch.save(checkpoint, output)
+    return output
 
 
 # --- parallelize: applied once per model, in LightningModule.configure_model ----------------------------------

@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 import distributed_helpers as runs
 from perceiver_mt.config import ConfigError
-from perceiver_mt.parallel import ParallelConfig, build_strategy, parallelize
+from perceiver_mt.parallel import ParallelConfig, build_strategy, consolidate_checkpoint, parallelize
 from perceiver_mt.system import MultiTaskSystem
 from test_ddp import assert_same_outputs, assert_same_parameters, assert_same_training
 
@@ -61,6 +61,19 @@ def test_resume_from_sharded_checkpoint_continues_like_an_uninterrupted_run():
     first = resumed.records(0)[0]
     original = runs.fsdp().records(0)[last_checkpoint]
     assert first["indices"] == original["indices"], "the resumed run did not continue where the data stood"
+
+
+@pytest.mark.distributed
+def test_sharded_checkpoint_consolidates_into_one_file_for_one_process(tmp_path):
+    killed, resumed = runs.fsdp_killed_then_resumed()
+    resumed.check()
+    single_file = consolidate_checkpoint(killed.output_dir / "checkpoints" / "last.ckpt", tmp_path / "model.ckpt")
+    consolidated = runs.Run(tmp_path, 0, "", 0, 0)
+    (tmp_path / "checkpoints").mkdir()
+    single_file.rename(tmp_path / "checkpoints" / "last.ckpt")
+    # The resumed run ended where the uninterrupted one did.
+    assert_same_parameters(consolidated, runs.fsdp(), atol=1e-6)
+    assert_same_outputs(consolidated, runs.fsdp())
 
 
 def test_parallelize_wraps_each_unit_once(debug_config):
@@ -116,3 +129,17 @@ def test_fsdp_only_options_are_refused_elsewhere():
         build_strategy("ddp", ParallelConfig(param_dtype="bfloat16"), "cpu")
     with pytest.raises(ConfigError, match="parallel.cpu_offload needs trainer.accelerator=cuda"):
         build_strategy("fsdp", ParallelConfig(cpu_offload=True), "cpu")
+
+
+def test_presets_name_only_what_they_change(tmp_path):
+    from perceiver_mt.config import load_config
+
+    default, ddp, fsdp = (load_config(runs.REPO / "configs" / f"{name}.yaml") for name in ("default", "ddp", "fsdp"))
+    assert (ddp.trainer["strategy"], ddp.trainer["devices"], fsdp.trainer["strategy"]) == ("ddp", 2, "fsdp")
+    for task in default.tasks:  # two ranks of half the batch: the same global batch as default.yaml
+        assert 2 * ddp.tasks[task].data["batch_size"] == default.tasks[task].data["batch_size"]
+        assert fsdp.tasks[task].options == default.tasks[task].options
+    assert fsdp.model == default.model and fsdp.parallel.checkpoint == "sharded"
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config(tmp_path / "loop.yaml")
