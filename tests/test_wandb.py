@@ -15,7 +15,6 @@ import torch
 
 import wandb_reader
 from perceiver_mt.config import ConfigError, load_config, to_dict
-from perceiver_mt.data import MultiTaskDataModule  # noqa: F401 - the DataModules below come through run
 from perceiver_mt.run import build_datamodule
 from perceiver_mt.system import MultiTaskSystem
 from perceiver_mt.tracking import loggers, runfile
