@@ -13,7 +13,7 @@ from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from perceiver_mt.config import ConfigError, RunConfig, validate_kwargs
-from perceiver_mt.data import MultiTaskDataModule
+from perceiver_mt.data import DataStatsMonitor, MultiTaskDataModule
 from perceiver_mt.parallel import CollectiveTimeout, build_strategy
 from perceiver_mt.registry import load_datamodule
 from perceiver_mt.sampling import TaskSampler
@@ -32,7 +32,10 @@ def build_task_datamodule(name: str, task: Task, data: dict[str, Any], seed: int
     kwargs = {k: v for k, v in kwargs.items() if k in accepted or k in data}  # defaults only where they apply
     if "seed" in accepted and "seed" not in kwargs:
         kwargs["seed"] = seed
-    return datamodule_class(**validate_kwargs(datamodule_class, kwargs, f"tasks.{name}.data"))
+    kwargs = validate_kwargs(datamodule_class, kwargs, f"tasks.{name}.data")
+    if "task" in accepted:  # DataModules of stored records (shards) decode them with the task's own codec
+        kwargs["task"] = task
+    return datamodule_class(**kwargs)
 
 
 def build_datamodule(config: RunConfig, system: MultiTaskSystem) -> MultiTaskDataModule:
@@ -56,7 +59,7 @@ def build_trainer(config: RunConfig, **extra: Any) -> Trainer:
     checkpoints = ModelCheckpoint(dirpath=Path(config.output_dir) / "checkpoints", save_last=True, save_top_k=0,
                                   every_n_train_steps=config.parallel.checkpoint_every_n_steps or None)
     kwargs.setdefault("default_root_dir", config.output_dir)
-    kwargs["callbacks"] = [checkpoints, *build_callbacks(config), *kwargs.get("callbacks", []),
+    kwargs["callbacks"] = [checkpoints, DataStatsMonitor(), *build_callbacks(config), *kwargs.get("callbacks", []),
                            CollectiveTimeout(config.parallel.timeout_s), *extra.pop("callbacks", [])]
     kwargs.setdefault("logger", build_logger(config))
     kwargs.setdefault("use_distributed_sampler", False)  # task DataModules shard by rank themselves
