@@ -14,6 +14,7 @@ counted (`data_stats()["skipped"]`, logged as `data/<task>/skipped`), or fatal w
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from functools import partial
 from typing import Any
@@ -24,11 +25,12 @@ from torch.utils.data import DataLoader
 from perceiver_mt.data import rank_and_world
 from perceiver_mt.shards.codec import decode_fields
 from perceiver_mt.shards.reader import (
-    EvalShardStream, SkipCounter, TrainShardStream, expand_urls, read_meta, stored_counts,
+    EvalShardStream, SkipCounter, TrainShardStream, count_records, expand_urls, read_meta, stored_counts,
 )
 from perceiver_mt.task import Task
 
 SPLITS = ("train", "val", "test")
+log = logging.getLogger("perceiver_mt.shards")
 
 
 class WebDatasetDataModule(LightningDataModule):
@@ -60,6 +62,7 @@ class WebDatasetDataModule(LightningDataModule):
         self.task = task
         self.num_train_samples: int | None = None
         self.shards: dict[str, list[str]] = {}
+        self.counts: dict[str, list[int]] = {}  # samples per shard of each evaluation split
         self.skips: SkipCounter | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -98,7 +101,8 @@ class WebDatasetDataModule(LightningDataModule):
 
     def _eval_loader(self, split: str) -> DataLoader:
         rank, world = rank_and_world(self)
-        stream = EvalShardStream(self.shards[split], self._decoder(), self.skips, self.batch_size, rank, world)
+        stream = EvalShardStream(self.shards[split], self._counts(split), self._decoder(), self.skips, self.batch_size,
+                                 rank, world)
         return DataLoader(stream, batch_size=None, num_workers=self.num_workers)
 
     def _resolve(self, split: str) -> list[str]:
@@ -115,6 +119,16 @@ class WebDatasetDataModule(LightningDataModule):
             return local
         raise ValueError(f"no {split!r} shards under {self.root!r}: expected {split}-NNNNNN.tar files or a meta.json "
                          "listing them")
+
+    def _counts(self, split: str) -> list[int]:
+        """Samples per shard: the writer's meta.json, else one counting pass (evaluation splits are small)."""
+        if split not in self.counts:
+            urls = self.shards[split]
+            stored = stored_counts(urls)
+            if stored is None:
+                log.info("counting the records of %d %s shards (no meta.json beside them)", len(urls), split)
+            self.counts[split] = [stored[url] for url in urls] if stored else [count_records(url) for url in urls]
+        return self.counts[split]
 
     def _count_train(self) -> int:
         if self.declared_train_samples is not None:

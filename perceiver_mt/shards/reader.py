@@ -18,8 +18,10 @@ warning and counted in `SkipCounter`; with `strict` it raises `ShardReadError` n
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
+import math
 import multiprocessing
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -240,21 +242,106 @@ class TrainShardStream(IterableDataset):
 
 
 class EvalShardStream(IterableDataset):
-    """This rank's share of an evaluation split: across all ranks and workers, every sample exactly once."""
+    """This rank's share of an evaluation split: every sample exactly once across ranks and workers, and
+    the same number of batches on every rank (under FSDP each forward is a collective).
 
-    def __init__(self, urls: Sequence[str], decode: Decode, skips: SkipCounter, batch_size: int, rank: int, world: int):
+    Needs the sample count of every shard (the writer's meta.json, or one counting pass). Rank r takes
+    the contiguous positions [r*N/w, (r+1)*N/w) of the split - so it only opens the shards they lie in -
+    cut into ceil(ceil(N/w)/batch_size) batches; DataLoader worker k builds the batches j = k mod workers.
+    """
+
+    def __init__(self, urls: Sequence[str], counts: Sequence[int], decode: Decode, skips: SkipCounter,
+                 batch_size: int, rank: int, world: int):
         self.urls = list(urls)
+        self.counts = list(counts)
         self.decode = decode
         self.skips = skips
-        self.batch_size = batch_size
-        self.rank = rank
-        self.world = world
+        total = sum(self.counts)
+        first, last = total * rank // world, total * (rank + 1) // world
+        num_batches = math.ceil(math.ceil(total / world) / batch_size)
+        if last - first < num_batches:
+            raise ValueError(f"{total} evaluation samples cannot fill {num_batches} batches on each of {world} ranks")
+        # Global position ranges [a, b) of this rank's batches.
+        self.batches = [(first + round(j * (last - first) / num_batches), first + round((j + 1) * (last - first) / num_batches))
+                        for j in range(num_batches)]
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, workers = _worker()
-        readers, reader = self.world * workers, self.rank * workers + worker
-        if len(self.urls) >= readers:  # whole shards per reader: each byte is read once
-            samples = decoded_samples(self.urls[reader::readers], self.decode, self.skips)
-        else:  # too few shards to go round: everyone reads all, keeps every `readers`-th record
-            samples = decoded_samples(self.urls, self.decode, self.skips, reader, readers)
-        yield from _batches(samples, self.batch_size, partial=True)
+        mine = self.batches[worker::workers]
+        if not mine:
+            return
+        starts = [a for a, _ in mine]
+        reference: list = []
+        pending: list[dict[str, Any]] = []
+        current = 0  # index into `mine` of the batch being filled
+        offset = 0
+        for url, count in zip(self.urls, self.counts):
+            shard_first, offset = offset, offset + count
+            if offset <= mine[0][0] or shard_first >= mine[-1][1]:
+                continue  # no position of this reader's batches lies in this shard: do not even open it
+            lost = shard_first  # the position a broken-off shard loses first
+            try:
+                for position_in_shard, record in enumerate(shard_records(url)):
+                    position = shard_first + position_in_shard
+                    if position_in_shard >= count:
+                        self._skip(url, position - 1, mine, f"more records than the {count} its meta.json lists; "
+                                                            "extra ignored")
+                        break
+                    if position >= mine[-1][1]:
+                        break  # past this reader's last batch
+                    lost = position + 1
+                    j = bisect.bisect_right(starts, position) - 1
+                    if j < 0 or position >= mine[j][1]:
+                        continue  # another reader's sample
+                    while current < j:  # batches before j are complete: positions only grow
+                        if pending:
+                            yield default_collate(pending)
+                        pending, current = [], current + 1
+                    sample = self._decoded(url, record, reference)
+                    if sample is not None:
+                        pending.append(sample)
+                else:
+                    if lost < offset:  # a tar cut at a file boundary ends quietly: the counts tell
+                        self._skip(url, lost, mine, f"ends after {lost - shard_first} of {count} records")
+            except ShardReadError:
+                raise
+            except Exception as error:  # cannot open, or the tar stream breaks off: the owner of the lost position counts it
+                self._skip(url, lost, mine, f"unreadable ({type(error).__name__}: {error}); rest of the shard dropped")
+        if pending:
+            yield default_collate(pending)
+        # A batch left empty by bad data is missing here; `skips` has counted why.
+
+    def _decoded(self, url: str, record: dict[str, Any], reference: list) -> dict[str, Any] | None:
+        try:
+            sample = self.decode(record)
+        except Exception as error:
+            self.skips.skip(url, f"record {record.get('__key__')!r}: {error}")
+            return None
+        signature = _signature(sample)
+        if not reference:
+            reference.append(signature)
+        elif signature != reference[0]:
+            self.skips.skip(url, f"record {record.get('__key__')!r} has fields {signature}, expected {reference[0]}")
+            return None
+        return sample
+
+    def _skip(self, url: str, position: int, mine: list[tuple[int, int]], reason: str) -> None:
+        if self.skips.strict or any(a <= position < b for a, b in mine):
+            self.skips.skip(url, reason)
+
+
+def count_records(url: str) -> int:
+    """Readable records in one shard, by reading it (for shards without the writer's meta.json).
+
+    A shard that breaks off counts what came before; reading it again reports (or, strict, raises) the break.
+    """
+    count = 0
+    try:
+        for _ in shard_records(url):
+            count += 1
+    except Exception:
+        pass
+    return count
