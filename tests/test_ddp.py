@@ -55,6 +55,17 @@ def assert_same_outputs(run: runs.Run, reference: runs.Run) -> None:
             torch.testing.assert_close(models[0](task, batch), models[1](task, batch), rtol=0, atol=1e-4, msg=task)
 
 
+def assert_same_metrics(run: runs.Run, reference: runs.Run) -> None:
+    # Whole validation sets; the pydoc ranks hold different numbers of masked bytes, so a mean of
+    # per-rank means would show in the loss's fifth digit.
+    metrics, expected = run.metrics(), reference.metrics()
+    assert metrics.keys() == expected.keys()
+    for task in expected:
+        assert metrics[task].keys() == expected[task].keys()
+        for name, value in expected[task].items():
+            assert metrics[task][name] == pytest.approx(value, rel=1e-5), f"{task} {name}"
+
+
 @pytest.mark.distributed
 def test_ddp_per_step_losses_match_one_process():
     assert_same_training(runs.ddp(), runs.single_process())
@@ -88,13 +99,7 @@ def test_ranks_see_disjoint_samples_that_make_up_the_global_batch():
 
 @pytest.mark.distributed
 def test_validation_metrics_are_reduced_over_all_samples_not_averaged_per_rank():
-    # Whole validation sets; the pydoc ranks hold different numbers of masked bytes, so a mean of
-    # per-rank means would show in the loss's fifth digit.
-    ddp, single = runs.ddp().metrics(), runs.single_process().metrics()
-    assert ddp.keys() == single.keys()
-    for task in single:
-        for name, value in single[task].items():
-            assert ddp[task][name] == pytest.approx(value, rel=1e-5), f"{task} {name}"
+    assert_same_metrics(runs.ddp(), runs.single_process())
 
 
 @pytest.mark.parametrize("task", ["digits", "pydoc_mlm"])

@@ -14,12 +14,17 @@ import distributed_helpers as runs
 from perceiver_mt.config import ConfigError
 from perceiver_mt.parallel import ParallelConfig, build_strategy, consolidate_checkpoint, parallelize
 from perceiver_mt.system import MultiTaskSystem
-from test_ddp import assert_same_outputs, assert_same_parameters, assert_same_training
+from test_ddp import assert_same_metrics, assert_same_outputs, assert_same_parameters, assert_same_training
 
 
 @pytest.mark.distributed
 def test_fsdp_per_step_losses_match_one_process():
     assert_same_training(runs.fsdp(), runs.single_process())
+
+
+@pytest.mark.distributed
+def test_fsdp_validation_metrics_match_one_process():
+    assert_same_metrics(runs.fsdp(), runs.single_process())
 
 
 @pytest.mark.distributed
