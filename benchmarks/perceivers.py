@@ -214,6 +214,11 @@ def plot(args: argparse.Namespace) -> None:
         sizes = [r["inputs"] for r in ok]
         ax_time.plot(sizes, [r["median_s"] for r in ok], marker="o", label=impl)
         ax_mem.plot(sizes, [r["peak_memory_gb"] for r in ok], marker="o", label=impl)
+    ours = sorted((r for r in report["rows"] if r["impl"] == "ours" and r["status"] == "ok"), key=lambda r: r["inputs"])
+    if ours:  # what exactly linear growth would look like, through our largest measurement
+        top = ours[-1]
+        sizes = [r["inputs"] for r in ours]
+        ax_time.plot(sizes, [top["median_s"] * n / top["inputs"] for n in sizes], "k:", label="proportional to inputs")
     for ax, ylabel in ((ax_time, "training step (s, median)"), (ax_mem, "peak memory (GB; RSS on CPU)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
