@@ -68,17 +68,13 @@ class WebDatasetDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.skips is None:  # created here, not in __init__: shared memory must not cross a pickled spawn
             self.skips = SkipCounter(self.task.name if self.task else "webdataset", self.strict)
-        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", SPLITS)
-        for split in needed:
-            if split not in self.shards:
-                self.shards[split] = self._resolve(split)
-        if "train" in needed and self.num_train_samples is None:
+        if stage in ("fit", None) and self.num_train_samples is None:
             self.num_train_samples = self._count_train()
 
     def train_dataloader(self) -> DataLoader:
         rank, world = rank_and_world(self)
         batches = self.batches_per_epoch or max(1, self.num_train_samples // (world * self.batch_size))
-        stream = TrainShardStream(self.shards["train"], self._decoder(), self.skips, self.batch_size, batches, rank,
+        stream = TrainShardStream(self._shards("train"), self._decoder(), self.skips, self.batch_size, batches, rank,
                                   self.seed, self.shuffle_buffer)
         return DataLoader(stream, batch_size=None, num_workers=self.num_workers)
 
@@ -101,9 +97,14 @@ class WebDatasetDataModule(LightningDataModule):
 
     def _eval_loader(self, split: str) -> DataLoader:
         rank, world = rank_and_world(self)
-        stream = EvalShardStream(self.shards[split], self._counts(split), self._decoder(), self.skips, self.batch_size,
+        stream = EvalShardStream(self._shards(split), self._counts(split), self._decoder(), self.skips, self.batch_size,
                                  rank, world)
         return DataLoader(stream, batch_size=None, num_workers=self.num_workers)
+
+    def _shards(self, split: str) -> list[str]:
+        if split not in self.shards:
+            self.shards[split] = self._resolve(split)
+        return self.shards[split]
 
     def _resolve(self, split: str) -> list[str]:
         if self.urls[split]:
@@ -123,7 +124,7 @@ class WebDatasetDataModule(LightningDataModule):
     def _counts(self, split: str) -> list[int]:
         """Samples per shard: the writer's meta.json, else one counting pass (evaluation splits are small)."""
         if split not in self.counts:
-            urls = self.shards[split]
+            urls = self._shards(split)
             stored = stored_counts(urls)
             if stored is None:
                 log.info("counting the records of %d %s shards (no meta.json beside them)", len(urls), split)
@@ -133,7 +134,7 @@ class WebDatasetDataModule(LightningDataModule):
     def _count_train(self) -> int:
         if self.declared_train_samples is not None:
             return self.declared_train_samples
-        counts = stored_counts(self.shards["train"])
+        counts = stored_counts(self._shards("train"))
         if counts is None:
             raise ValueError("training shards have no meta.json listing their sample counts (e.g. pipe: URLs): "
                              "set data.num_train_samples")

@@ -8,6 +8,7 @@ or garbled field fails to decode instead of becoming a wrong tensor.
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Mapping
 from typing import Any
@@ -79,7 +80,7 @@ def decode_fields(files: Mapping[str, Any], dtypes: Mapping[str, str | None]) ->
             raise CorruptSample(f"unexpected file {name!r} in record (the default shard codec writes .npy only)")
         field = name[: -len(".npy")]
         try:
-            array = np.load(io.BytesIO(data), allow_pickle=False)
+            array = load_npy(data)
         except Exception as error:
             raise CorruptSample(f"field {field!r} does not decode: {error}") from None
         if dtypes.get(field) is not None:
@@ -93,6 +94,32 @@ def decode_fields(files: Mapping[str, Any], dtypes: Mapping[str, str | None]) ->
     if missing:
         raise CorruptSample(f"record lacks field(s) {', '.join(missing)}")
     return sample
+
+
+@functools.lru_cache(maxsize=256)
+def _npy_header(prefix: bytes) -> tuple[int, np.dtype, tuple[int, ...], bool]:
+    """(data offset, dtype, shape, fortran order) of a .npy header. Cached: a field's header repeats in
+    every record, and parsing it (`np.load`) costs more than reading the data."""
+    stream = io.BytesIO(prefix)
+    version = np.lib.format.read_magic(stream)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(stream)
+    if dtype.hasobject:
+        raise ValueError("object arrays are not stored")
+    return stream.tell(), dtype, shape, fortran
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    """`np.load` of one in-memory .npy file, fast for repeated headers; the byte count must match the header."""
+    if data[:6] != b"\x93NUMPY":
+        raise ValueError("not a .npy file")
+    header_len = int.from_bytes(data[8:10], "little") if data[6] == 1 else int.from_bytes(data[8:12], "little")
+    offset, dtype, shape, fortran = _npy_header(bytes(data[: (10 if data[6] == 1 else 12) + header_len]))
+    count = int(np.prod(shape))
+    if len(data) - offset != count * dtype.itemsize:
+        raise ValueError(f"{len(data) - offset} data bytes for shape {shape} of {dtype} ({count * dtype.itemsize} expected)")
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    return (array.reshape(shape[::-1]).T if fortran else array.reshape(shape)).copy()
 
 
 def _lookup(sample: Mapping[str, Any], field: str) -> Any:
