@@ -65,13 +65,35 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x_q: (B, Q, Cq), x_kv: (B, K, Ckv), pad_mask: (B, K) True = ignore this key  ->  (B, Q, Cout)."""
         q, k, v = (self._split_heads(t) for t in self._project(x_q, x_kv))
+        B, H, Q, _ = q.shape
+        groups = query_groups(q, k)
+        if groups > 1:  # query blocks become extra heads; each sees every key, so results are unchanged
+            q = q.reshape(B, H * groups, Q // groups, -1)
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         out = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=padding_to_attention_mask(pad_mask),
             dropout_p=self.dropout if self.training else 0.0,
-        )  # (B, H, Q, Cv/H)
-        B, H, Q, Ch = out.shape
-        return self.to_out(out.transpose(1, 2).reshape(B, Q, H * Ch))
+        )  # (B, H * groups, Q / groups, Cv/H)
+        out = out.reshape(B, H, Q, -1)  # (B, H, Q, Cv/H)
+        return self.to_out(out.transpose(1, 2).reshape(B, Q, -1))
+
+
+def query_groups(q: torch.Tensor, k: torch.Tensor) -> int:
+    """How many query blocks to fold into extra heads so CPU attention backward uses every thread.
+
+    PyTorch's CPU flash-attention backward parallelises over batch x heads only, so one cross-attention
+    head at batch 1 runs its (largest) backward on a single thread. Folding queries costs a copy of k and
+    v per group, which is why it is limited to training on CPU with fewer batch x heads than threads.
+    """
+    B, H, Q, _ = q.shape
+    threads = torch.get_num_threads()
+    if q.device.type != "cpu" or not torch.is_grad_enabled() or not (q.requires_grad or k.requires_grad):
+        return 1
+    if B * H >= threads:
+        return 1
+    groups = threads // (B * H)
+    return groups if Q % groups == 0 and Q // groups >= 64 else 1
 
 
 class MLP(nn.Module):
