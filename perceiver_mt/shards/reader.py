@@ -216,12 +216,17 @@ class TrainShardStream(IterableDataset):
         return self.batches_per_epoch
 
     def _endless(self, rng: random.Random) -> Iterator[dict[str, Any]]:
+        """Pass after pass over all shards in a fresh order; the shuffle buffer drains at the end of each pass,
+        so no sample comes twice before its pass is used up."""
         reference: list = []
         while True:
             order = list(self.urls)
             rng.shuffle(order)
+            samples = decoded_samples(order, self.decode, self.skips, reference=reference)
+            if self.shuffle_buffer > 1:
+                samples = _shuffled(samples, self.shuffle_buffer, rng)
             produced = 0
-            for sample in decoded_samples(order, self.decode, self.skips, reference=reference):
+            for sample in samples:
                 produced += 1
                 yield sample
             if not produced:  # without this guard, unreadable shards would spin here forever
@@ -233,10 +238,7 @@ class TrainShardStream(IterableDataset):
         # DataLoader takes batches from its workers in turn: quotas that add up to batches_per_epoch.
         quota = self.batches_per_epoch // workers + (worker < self.batches_per_epoch % workers)
         rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}")
-        samples = self._endless(rng)
-        if self.shuffle_buffer > 1:
-            samples = _shuffled(samples, self.shuffle_buffer, rng)
-        batches = _batches(samples, self.batch_size, partial=False)
+        batches = _batches(self._endless(rng), self.batch_size, partial=False)
         for _ in range(quota):
             yield next(batches)
 
