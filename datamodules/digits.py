@@ -4,23 +4,43 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from perceiver_mt.data import eval_loader, train_loader
+from perceiver_mt.data import InMemoryDataModule
 
 
 class DigitsDataset(Dataset):
-    def __init__(self, images: np.ndarray, labels: np.ndarray, ids: np.ndarray):
+    """Images in [0, 1]. With `max_shift` > 0 each image moves by up to that many pixels per axis (zero
+    fill), drawn from (seed, epoch, index) so a sample is the same on any number of ranks."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, ids: np.ndarray, max_shift: int = 0, seed: int = 0):
         self.images = torch.as_tensor(images, dtype=torch.float32) / 16.0  # (N, 8, 8) in [0, 1]
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.ids = torch.as_tensor(ids, dtype=torch.long)
+        self.max_shift = max_shift
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"inputs": self.images[i], "target": self.labels[i], "index": self.ids[i]}
+        image = self.images[i]
+        if self.max_shift:
+            rng = np.random.default_rng((self.seed, self.epoch, i))
+            image = shift_image(image, *(int(d) for d in rng.integers(-self.max_shift, self.max_shift + 1, 2)))
+        return {"inputs": image, "target": self.labels[i], "index": self.ids[i]}
+
+
+def shift_image(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Move an (H, W) image by (dy, dx) pixels; what leaves the frame is dropped, what enters is 0."""
+    H, W = image.shape
+    shifted = torch.zeros_like(image)
+    shifted[max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = image[max(-dy, 0):H - max(dy, 0), max(-dx, 0):W - max(dx, 0)]
+    return shifted
 
 
 def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
@@ -29,35 +49,22 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
     return {"val": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}
 
 
-class DigitsDataModule(LightningDataModule):
+class DigitsDataModule(InMemoryDataModule):
     def __init__(self, batch_size: int = 64, val_fraction: float = 0.15, test_fraction: float = 0.15,
-                 split_seed: int = 0, seed: int = 0, num_workers: int = 0):
-        super().__init__()
-        self.batch_size = batch_size
+                 split_seed: int = 0, seed: int = 0, num_workers: int = 0, max_shift: int = 0):
+        super().__init__(batch_size, seed, num_workers)
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.split_seed = split_seed  # fixed apart from the run seed: every run sees the same test set
-        self.seed = seed
-        self.num_workers = num_workers
-        self.datasets: dict[str, DigitsDataset] = {}
+        self.max_shift = max_shift  # training-time augmentation: random shifts of up to this many pixels
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
+    def build_splits(self) -> dict[str, Dataset]:
         from sklearn.datasets import load_digits  # the data ships inside scikit-learn: no download
 
         digits = load_digits()
         splits = split_indices(len(digits.target), self.val_fraction, self.test_fraction, self.split_seed)
-        self.datasets = {
-            split: DigitsDataset(digits.images[ids], digits.target[ids], ids) for split, ids in splits.items()
+        return {
+            split: DigitsDataset(digits.images[ids], digits.target[ids], ids,
+                                 max_shift=self.max_shift if split == "train" else 0, seed=self.seed)
+            for split, ids in splits.items()
         }
-        self.num_train_samples = len(self.datasets["train"])
-
-    def train_dataloader(self) -> DataLoader:
-        return train_loader(self, self.datasets["train"], self.batch_size, self.seed, self.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        return eval_loader(self, self.datasets["val"], self.batch_size, self.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        return eval_loader(self, self.datasets["test"], self.batch_size, self.num_workers)

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from perceiver_mt.data import eval_loader, train_loader
+from perceiver_mt.data import InMemoryDataModule
 
 MASK_ID = 256  # byte values are 0..255; the vocabulary adds MASK
 PAD_ID = 257
@@ -84,36 +83,20 @@ class MaskedBytesDataset(Dataset):
         return sample
 
 
-class PydocTextDataModule(LightningDataModule):
+class PydocTextDataModule(InMemoryDataModule):
     def __init__(self, seq_len: int = 128, mask_prob: float = 0.15, batch_size: int = 32, val_fraction: float = 0.05,
                  test_fraction: float = 0.05, split_seed: int = 0, seed: int = 0, num_workers: int = 0):
-        super().__init__()
+        super().__init__(batch_size, seed, num_workers)
         self.seq_len = seq_len
         self.mask_prob = mask_prob
-        self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.split_seed = split_seed
-        self.seed = seed
-        self.num_workers = num_workers
-        self.datasets: dict[str, MaskedBytesDataset] = {}
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
+    def build_splits(self) -> dict[str, Dataset]:
         texts = split_topics(load_topics(), self.val_fraction, self.test_fraction, self.split_seed)
-        self.datasets = {
+        return {
             split: MaskedBytesDataset(text, self.seq_len, self.mask_prob, self.seed + 1 if split == "train" else self.split_seed,
                                       train=split == "train")
             for split, text in texts.items()
         }
-        self.num_train_samples = len(self.datasets["train"])
-
-    def train_dataloader(self) -> DataLoader:
-        return train_loader(self, self.datasets["train"], self.batch_size, self.seed, self.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        return eval_loader(self, self.datasets["val"], self.batch_size, self.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        return eval_loader(self, self.datasets["test"], self.batch_size, self.num_workers)

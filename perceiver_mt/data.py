@@ -84,6 +84,37 @@ def eval_loader(
     return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, **kwargs)
 
 
+class InMemoryDataModule(LightningDataModule):
+    """A task DataModule whose splits are map-style datasets built once by `build_splits()`.
+
+    Subclasses only say how to build "train", "val" and "test"; the loaders shard them by rank.
+    """
+
+    def __init__(self, batch_size: int, seed: int = 0, num_workers: int = 0):
+        super().__init__()
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self.datasets: dict[str, Dataset] = {}
+
+    def build_splits(self) -> dict[str, Dataset]:
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.datasets:
+            self.datasets = self.build_splits()
+            self.num_train_samples = len(self.datasets["train"])  # type: ignore[arg-type]
+
+    def train_dataloader(self) -> DataLoader:
+        return train_loader(self, self.datasets["train"], self.batch_size, self.seed, self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return eval_loader(self, self.datasets["val"], self.batch_size, self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return eval_loader(self, self.datasets["test"], self.batch_size, self.num_workers)
+
+
 class _EndlessLoader:
     """Re-iterates a loader forever, advancing its sampler's epoch so each pass reshuffles.
 

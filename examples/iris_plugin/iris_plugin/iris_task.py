@@ -15,13 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningDataModule
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from perceiver_mt.data import eval_loader, train_loader
+from perceiver_mt.data import InMemoryDataModule
 from perceiver_mt.model import DecoderConfig
 from perceiver_mt.task import Batch, Task
 
@@ -96,28 +95,15 @@ class IrisDataset(Dataset):
         return {"inputs": self.features[i], "target": self.labels[i], "index": self.ids[i]}
 
 
-class IrisDataModule(LightningDataModule):
+class IrisDataModule(InMemoryDataModule):
     def __init__(self, batch_size: int = 16, seed: int = 0):
-        super().__init__()
-        self.batch_size = batch_size
-        self.seed = seed
-        self.datasets: dict[str, IrisDataset] = {}
+        super().__init__(batch_size, seed)
 
-    def setup(self, stage: str | None = None) -> None:
+    def build_splits(self) -> dict[str, Dataset]:
         from sklearn.datasets import load_iris
 
         iris = load_iris()
         features = (iris.data - iris.data.mean(0)) / iris.data.std(0)
         order = np.random.default_rng(0).permutation(len(iris.target))
         splits = {"train": order[:100], "val": order[100:125], "test": order[125:]}
-        self.datasets = {s: IrisDataset(features[i], iris.target[i], i) for s, i in splits.items()}
-        self.num_train_samples = 100
-
-    def train_dataloader(self) -> DataLoader:
-        return train_loader(self, self.datasets["train"], self.batch_size, self.seed)
-
-    def val_dataloader(self) -> DataLoader:
-        return eval_loader(self, self.datasets["val"], self.batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return eval_loader(self, self.datasets["test"], self.batch_size)
+        return {split: IrisDataset(features[ids], iris.target[ids], ids) for split, ids in splits.items()}
