@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,16 @@ from perceiver_mt.config import RunConfig, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 DEBUG_CONFIG = REPO / "configs" / "debug.yaml"
+
+
+@pytest.fixture(autouse=True)
+def restore_environment():
+    """Undo environment changes of in-process runs (MASTER_PORT of a gloo group, Lightning's PL_* variables):
+    a later subprocess would inherit them and try to listen on a port that is still taken."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture
