@@ -261,6 +261,17 @@ def weigh_across_ranks(loss: torch.Tensor, count: torch.Tensor | int) -> tuple[t
     return loss * scale, global_loss, int(totals[1])
 
 
+def release_process_group() -> None:
+    """End the job's process group once every rank is done with it.
+
+    Left to interpreter exit, the group's threads can be torn down out of order and abort a rank that
+    finished all its work ("terminate called without an active exception", exit -6).
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 # --- faults ----------------------------------------------------------------------------------------------------
 
 COLLECTIVE_FAILURE_HINTS = ("gloo", "nccl", "timed out", "timeout", "connection closed", "connection reset",

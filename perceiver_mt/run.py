@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from perceiver_mt.config import ConfigError, RunConfig, validate_kwargs
 from perceiver_mt.data import DataStatsMonitor, MultiTaskDataModule
-from perceiver_mt.parallel import CollectiveTimeout, build_strategy
+from perceiver_mt.parallel import CollectiveTimeout, build_strategy, release_process_group
 from perceiver_mt.registry import load_datamodule
 from perceiver_mt.sampling import TaskSampler
 from perceiver_mt.system import MultiTaskSystem
@@ -113,4 +113,5 @@ def train(config: RunConfig, callbacks: list[Any] | None = None) -> dict[str, di
         print(format_table(metrics))
         print(f"metrics: {output / 'metrics.json'}  checkpoint: {output / 'checkpoints' / 'last.ckpt'}")
     tracking_loggers.finish(trainer)
+    release_process_group()
     return metrics

@@ -104,11 +104,16 @@ _RUNS: dict[str, Any] = {}
 
 
 def cached(name: str, launch: Callable[[Path], Any]) -> Any:
-    """`launch(output_dir)` once per session for each name."""
+    """`launch(output_dir)` once per session for each name; a failed launch fails every test that uses it."""
     global _ROOT
     if name not in _RUNS:
         _ROOT = _ROOT or Path(tempfile.mkdtemp(prefix="pmt-distributed-"))
-        _RUNS[name] = launch(_ROOT / name)
+        try:
+            _RUNS[name] = launch(_ROOT / name)
+        except AssertionError as failure:  # remembered: a second launch would append to the same records
+            _RUNS[name] = failure
+    if isinstance(_RUNS[name], AssertionError):
+        raise _RUNS[name]
     return _RUNS[name]
 
 
