@@ -29,23 +29,23 @@ RUN_OPTIONS = ["logger.project=tracking-test", "logger.group=group-7", "logger.t
                "logger.notes=short offline run", "logger.name=offline-run"]
 
 
+def _set_environment(values: dict[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @contextlib.contextmanager
 def environment(values: dict[str, str | None]) -> Iterator[None]:
     """Sets (or, for None, removes) environment variables for the block, then restores them."""
     saved = {key: os.environ.get(key) for key in values}
     try:
-        for key, value in values.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_environment(values)
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_environment(saved)
 
 
 def scratch_dir() -> Path:
