@@ -152,10 +152,6 @@ def validate_kwargs(target: Any, values: dict[str, Any], where: str) -> dict[str
     return typing.cast(dict, OmegaConf.to_container(typed, resolve=True))
 
 
-def to_yaml(config: RunConfig | DictConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(config) if dataclasses.is_dataclass(config) else config)
-
-
 def to_dict(config: RunConfig) -> dict[str, Any]:
     return typing.cast(dict, OmegaConf.to_container(OmegaConf.structured(config), resolve=True))
 

@@ -25,33 +25,17 @@ def rank_and_world(datamodule: LightningDataModule) -> tuple[int, int]:
     return trainer.global_rank, trainer.world_size
 
 
-class EvalShardSampler(Sampler[int]):
-    """Rank r of w takes indices r, r+w, r+2w, ...: every sample exactly once across ranks, no padding.
-
-    (`DistributedSampler` pads with repeated samples so ranks have equal counts, which double-counts
-    validation metrics. Equal *batch* counts are still needed under FSDP, where every forward is a
-    collective: `EvalShardBatchSampler` gives them.)
-    """
-
-    def __init__(self, num_samples: int, rank: int, world_size: int):
-        self.indices = list(range(rank, num_samples, world_size))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
 class EvalShardBatchSampler(Sampler[list[int]]):
-    """`EvalShardSampler`'s indices in the same number of batches on every rank (sizes differ by at most one).
+    """Rank r of w takes indices r, r+w, r+2w, ... in the same number of batches on every rank (batch sizes
+    differ by at most one): every sample exactly once across ranks, no padding.
 
-    Under FSDP each evaluation forward all-gathers parameters, so a rank with one batch more than the
-    others would wait forever; splitting ceil(n / world) into equal batch counts keeps every sample once.
+    `DistributedSampler` pads with repeated samples, which double-counts evaluation metrics. Equal batch
+    counts are still needed: under FSDP each evaluation forward all-gathers parameters, so a rank with one
+    batch more than the others would wait forever.
     """
 
     def __init__(self, num_samples: int, rank: int, world_size: int, batch_size: int):
-        indices = EvalShardSampler(num_samples, rank, world_size).indices
+        indices = list(range(rank, num_samples, world_size))
         num_batches = math.ceil(math.ceil(num_samples / world_size) / batch_size)
         if len(indices) < num_batches:
             raise ValueError(f"{num_samples} evaluation samples cannot fill {num_batches} batches on each of "
