@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 
+import lightning as L
 import pytest
 import torch
 from lightning.pytorch import Callback
@@ -36,6 +37,7 @@ def fitted(tmp_path_factory):
     output = tmp_path_factory.mktemp("fit")
     config = load_config(DEBUG_CONFIG, [f"output_dir={output}", "logger.kind=csv", "trainer.max_steps=200",
                                          "trainer.val_check_interval=100"])
+    L.seed_everything(config.seed, verbose=False)  # as train() does: the fit must not depend on test order
     system = MultiTaskSystem.from_config(config)
     recorder = LossRecorder()
     trainer = build_trainer(config, callbacks=[recorder])
