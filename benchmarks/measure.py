@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-MATMUL_SIZE = 2048  # large enough that BLAS runs at its peak, small enough to repeat between measurements
+MATMUL_SIZE = 2048  # large enough that CPU BLAS runs at its peak, small enough to repeat between measurements
+CUDA_MATMUL_SIZE = 8192  # a GPU needs a far larger product to fill its multiprocessors
 
 
 def rss_gb(pid: int | str = "self") -> float:
@@ -107,11 +108,12 @@ def measure(
     return result
 
 
-def matmul_flops(size: int = MATMUL_SIZE, repeats: int = 5, device: str = "cpu") -> dict:
-    """fp32 GEMM FLOP/s of this machine right now (median of `repeats`, after one warm-up)."""
+def matmul_flops(size: int | None = None, repeats: int = 5, device: str = "cpu", dtype: str = "float32") -> dict:
+    """GEMM FLOP/s of this machine right now (median of `repeats`, after one warm-up), fp32 unless `dtype`."""
     import torch
 
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    size = size or (CUDA_MATMUL_SIZE if device.startswith("cuda") else MATMUL_SIZE)
+    a, b = (torch.randn(size, size, device=device, dtype=getattr(torch, dtype)) for _ in range(2))
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     a @ b
     sync()
@@ -121,7 +123,27 @@ def matmul_flops(size: int = MATMUL_SIZE, repeats: int = 5, device: str = "cpu")
         a @ b
         sync()
         times.append(time.perf_counter() - start)
-    return {"status": "ok", "times": times, "flops": 2 * size**3}
+    return {"status": "ok", "times": times, "flops": 2 * size**3, "dtype": dtype}
+
+
+def measure_in_process(args: list[str]) -> dict:
+    """The same measurement as `measure_in_child`, in this process: for CUDA, where peak memory is torch's
+    own counter (reset per measurement) rather than the process's RSS, and a fresh process per
+    measurement would spend more time starting CUDA than measuring."""
+    import gc
+
+    import torch
+
+    try:
+        return run(build_parser().parse_args(args))
+    except torch.cuda.OutOfMemoryError:
+        return {"status": "oom"}
+    except Exception as error:  # recorded in the report like a failed child process
+        return {"status": "error", "error": f"{type(error).__name__}: {error}".splitlines()[0]}
+    finally:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def measure_in_child(args: list[str], memory_limit_gb: float, timeout_s: float) -> dict:
@@ -161,7 +183,7 @@ def measure_in_child(args: list[str], memory_limit_gb: float, timeout_s: float) 
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--impl")
     parser.add_argument("--config", help="A, B, C, tinyA, tinyC or sweep:<inputs>")
@@ -172,16 +194,20 @@ def main() -> None:
     parser.add_argument("--autocast", choices=("none", "bfloat16", "float16"), default="none")
     parser.add_argument("--sdpa", choices=("default", "flash_attention", "efficient_attention", "math", "cudnn_attention"),
                         default="default", help="force one scaled_dot_product_attention backend")
-    parser.add_argument("--matmul", action="store_true", help="measure fp32 GEMM FLOP/s instead")
-    args = parser.parse_args()
+    parser.add_argument("--matmul", action="store_true", help="measure GEMM FLOP/s instead (in --autocast's dtype)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict:
     if args.matmul:
-        result = matmul_flops(device=args.device)
-    else:
-        if not (args.impl and args.config):
-            parser.error("--impl and --config are required unless --matmul")
-        result = measure(args.impl, args.config, args.mode, args.steps, args.warmup, args.device, args.autocast,
-                         args.sdpa)
-    print(json.dumps(result))
+        return matmul_flops(device=args.device, dtype="float32" if args.autocast == "none" else args.autocast)
+    if not (args.impl and args.config):
+        raise ValueError("--impl and --config are required unless --matmul")
+    return measure(args.impl, args.config, args.mode, args.steps, args.warmup, args.device, args.autocast, args.sdpa)
+
+
+def main() -> None:
+    print(json.dumps(run(build_parser().parse_args())))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from benchmarks.flops import step_flops
-from benchmarks.measure import REPO, measure_in_child, resolve_config
+from benchmarks.measure import REPO, measure_in_child, measure_in_process, resolve_config
 
 RESULTS = REPO / "benchmarks" / "results"
 SWEEP_SIZES = [1024 * 2**i for i in range(9)]  # 1k .. 256k
@@ -46,11 +46,29 @@ def machine() -> dict:
         "cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "python": platform.python_version(), "load_average": os.getloadavg(), "versions": versions,
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
 
 
 def device_args(args: argparse.Namespace) -> list[str]:
     return ["--device", args.device, "--autocast", args.autocast, "--sdpa", args.sdpa]
+
+
+def measurement(child_args: list[str], args: argparse.Namespace, timeout_s: float | None = None) -> dict:
+    """CPU: a child process per measurement (its own peak RSS, killed above the memory limit). CUDA: in
+    this process, since memory is then torch's own peak counter and out-of-memory is an exception."""
+    if args.device.startswith("cuda"):
+        return measure_in_process(child_args)
+    return measure_in_child(child_args, args.memory_limit_gb, timeout_s or args.timeout_s)
+
+
+def matmul_dtype(args: argparse.Namespace) -> str:
+    """Achieved FLOP/s are compared with a matmul in the precision the models ran in."""
+    return "float32" if args.autocast == "none" else args.autocast
+
+
+def matmul_measurement(args: argparse.Namespace) -> float:
+    return matmul_gflops(measurement(["--matmul", *device_args(args)], args, 300))
 
 
 def rotated(items: list[str], shift: int) -> list[str]:
@@ -98,26 +116,27 @@ def compare(args: argparse.Namespace) -> dict:
     matmul: list[float] = []
     info = machine()
     for round_ in range(args.rounds):
-        matmul.append(matmul_gflops(measure_in_child(["--matmul", "--device", args.device], args.memory_limit_gb, 300)))
-        print(f"round {round_ + 1}/{args.rounds}: fp32 matmul {matmul[-1]:.1f} GFLOP/s", flush=True)
+        matmul.append(matmul_measurement(args))
+        print(f"round {round_ + 1}/{args.rounds}: {matmul_dtype(args)} matmul {matmul[-1]:.1f} GFLOP/s", flush=True)
         for mode in modes:
             for impl in rotated(impls, round_):
                 previous = records[(impl, mode)]
                 if previous and previous[-1].get("status") in ("oom", "timeout"):
                     continue  # it will not fit / finish this time either
-                result = measure_in_child(
+                result = measurement(
                     ["--impl", impl, "--config", args.config, "--mode", mode, "--steps", str(args.steps),
                      "--warmup", str(args.warmup), *device_args(args)],
-                    args.memory_limit_gb, args.timeout_s,
+                    args,
                 )
                 previous.append(result)
                 shown = [round(t, 3) for t in result.get("times", [])]
                 peak = result.get("peak_memory_gb", result.get("peak_rss_gb", float("nan")))
                 print(f"  {mode:7s} {impl:12s} {result['status']:7s} times {shown} peak {peak:.2f} GB", flush=True)
-    matmul.append(matmul_gflops(measure_in_child(["--matmul", "--device", args.device], args.memory_limit_gb, 300)))
+    matmul.append(matmul_measurement(args))
     info["load_average_end"] = os.getloadavg()
     report = {
-        "config": args.config, "machine": info, "matmul_gflops": matmul, "command": args.command_line,
+        "config": args.config, "machine": info, "matmul_gflops": matmul, "matmul_dtype": matmul_dtype(args),
+        "device": args.device, "autocast": args.autocast, "sdpa": args.sdpa, "command": args.command_line,
         "rows": summarize(args.config, records, matmul), "raw": {f"{i}/{m}": r for (i, m), r in records.items()},
     }
     print(markdown_table(report))
@@ -133,15 +152,15 @@ def sweep(args: argparse.Namespace) -> dict:
     info = machine()
     gave_up: set[str] = set()
     for index, size in enumerate(sizes):
-        matmul.append(matmul_gflops(measure_in_child(["--matmul", "--device", args.device], args.memory_limit_gb, 300)))
+        matmul.append(matmul_measurement(args))
         for impl in rotated(impls, index):
             if impl in gave_up:
                 rows.append({"impl": impl, "inputs": size, "status": "skipped (failed at a smaller size)"})
                 continue
-            result = measure_in_child(
+            result = measurement(
                 ["--impl", impl, "--config", f"sweep:{size}", "--mode", args.mode, "--steps", str(args.steps),
                  "--warmup", str(args.warmup), *device_args(args)],
-                args.memory_limit_gb, args.timeout_s,
+                args,
             )
             records[(impl, str(size))].append(result)
             row = {"impl": impl, "inputs": size, "status": result["status"],
@@ -156,6 +175,7 @@ def sweep(args: argparse.Namespace) -> dict:
                   f"peak {row.get('peak_memory_gb') or float('nan'):.2f} GB", flush=True)
     info["load_average_end"] = os.getloadavg()
     report = {"config": "sweep", "mode": args.mode, "machine": info, "matmul_gflops": matmul,
+              "device": args.device, "autocast": args.autocast,
               "command": args.command_line, "rows": rows}
     print(sweep_table(report))
     return report
@@ -178,7 +198,7 @@ def markdown_table(report: dict) -> str:
             f"| {100 * row['flops_fraction']:.0f}% |"
         )
     gflops = report["matmul_gflops"]
-    lines.append(f"\nfp32 matmul ({gflops and len(gflops)} measurements between rounds): "
+    lines.append(f"\n{report.get('matmul_dtype', 'float32')} matmul ({gflops and len(gflops)} measurements between rounds): "
                  f"median {statistics.median(gflops):.1f} GFLOP/s, range {min(gflops):.1f}-{max(gflops):.1f}")
     return "\n".join(lines)
 

@@ -15,6 +15,7 @@ import json
 import os
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, Trainer
@@ -29,39 +30,52 @@ from perceiver_mt.system import MultiTaskSystem
 TASK = "digits"
 
 
-class StepTimes(Callback):
-    def __init__(self) -> None:
-        self.stamps: list[float] = []
-
-    def on_train_batch_end(self, *args: object) -> None:
-        self.stamps.append(time.perf_counter())
-
-
 def intervals(stamps: list[float]) -> list[float]:
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
-def bare_loop(system: MultiTaskSystem, batches: list[dict], clip: float) -> list[float]:
-    model, plugin = system.model, system.task_plugins[TASK]
+def synchronize(device: torch.device) -> None:
+    """Step ends are stamped once the device has finished the step, not when it was queued."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class StepTimes(Callback):
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stamps: list[float] = []
+
+    def on_train_batch_end(self, *args: object) -> None:
+        synchronize(self.device)
+        self.stamps.append(time.perf_counter())
+
+
+def bare_loop(system: MultiTaskSystem, batches: list[dict], clip: float, device: torch.device) -> list[float]:
+    model, plugin = system.model.to(device), system.task_plugins[TASK]
     optim = build_optimizer(model, system.run_config.optim, total_steps=len(batches))
     optimizer, scheduler = optim["optimizer"], optim["lr_scheduler"]["scheduler"]
     model.train()
     stamps = []
     for batch in batches:
-        loss = plugin.loss(model(TASK, batch[TASK]), batch[TASK])
+        task_batch = {key: value.to(device, non_blocking=True) if torch.is_tensor(value) else value
+                      for key, value in batch[TASK].items()}  # as Lightning moves each batch
+        loss = plugin.loss(model(TASK, task_batch), task_batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
         scheduler.step()
+        synchronize(device)
         stamps.append(time.perf_counter())
     return intervals(stamps)
 
 
-def trainer_fit(system: MultiTaskSystem, batches: list[dict], clip: float) -> tuple[list[float], float]:
-    timer = StepTimes()
+def trainer_fit(
+    system: MultiTaskSystem, batches: list[dict], clip: float, device: torch.device,
+) -> tuple[list[float], float]:
+    timer = StepTimes(device)
     trainer = Trainer(
-        max_steps=len(batches), accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        max_steps=len(batches), accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
         gradient_clip_val=clip, callbacks=[timer],
     )
@@ -75,7 +89,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30, help="steps per segment")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--output", help="JSON file (default benchmarks/results/trainer_overhead.json)")
     args = parser.parse_args()
+    device = torch.device(args.device)
     torch.manual_seed(0)
     config = load_config(REPO / "configs" / "default.yaml", ["logger.kind=none"])
     config.tasks = {TASK: config.tasks[TASK]}
@@ -92,8 +109,8 @@ def main() -> None:
 
     bare, fit, fit_walls = [], [], []
     for round_ in range(args.rounds):
-        bare += bare_loop(system, batches, clip)
-        times, wall = trainer_fit(system, batches, clip)
+        bare += bare_loop(system, batches, clip, device)
+        times, wall = trainer_fit(system, batches, clip, device)
         fit += times
         fit_walls.append(wall)
         print(f"round {round_ + 1}: bare {statistics.median(bare):.4f} s/step, Trainer {statistics.median(fit):.4f} s/step",
@@ -104,12 +121,12 @@ def main() -> None:
         "model": "configs/default.yaml encoder + digits task", "batch_size": batch_size, "load_average": os.getloadavg(),
         "bare_samples_per_s": bare_sps, "trainer_samples_per_s": fit_sps, "overhead": bare_sps / fit_sps - 1,
         "trainer_fit_wall_s_median": statistics.median(fit_walls), "steps_per_fit": args.steps,
-        "torch": torch.__version__,
+        "torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
     print(f"bare loop {bare_sps:.1f} samples/s, Trainer.fit {fit_sps:.1f} samples/s: "
           f"overhead {100 * report['overhead']:.1f}% (whole fit incl. set-up: {report['trainer_fit_wall_s_median']:.2f} s "
           f"for {args.steps} steps)")
-    out = REPO / "benchmarks" / "results" / "trainer_overhead.json"
+    out = Path(args.output) if args.output else REPO / "benchmarks" / "results" / "trainer_overhead.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     print(f"wrote {out}")
