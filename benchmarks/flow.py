@@ -24,6 +24,7 @@ class OpticalFlowPerceiver(nn.Module):
         config: FlowConfig,
         activation_checkpointing: bool = False,
         query_chunk_size: int | None = None,
+        input_chunk_size: int | None = None,
     ):
         super().__init__()
         c = config
@@ -35,7 +36,7 @@ class OpticalFlowPerceiver(nn.Module):
             input_channels=C, num_latents=c.num_latents, latent_channels=c.latent_channels,
             num_cross_attention_heads=1, cross_attention_qk_channels=C, cross_attention_v_channels=C,
             num_self_attention_heads=c.self_heads, num_self_attends_per_block=c.self_layers,
-            activation_checkpointing=activation_checkpointing,
+            activation_checkpointing=activation_checkpointing, input_chunk_size=input_chunk_size,
         ))
         self.decoder = PerceiverDecoder(DecoderConfig(
             query_channels=C, num_heads=1, qk_channels=c.latent_channels, v_channels=c.latent_channels,
@@ -49,5 +50,5 @@ class OpticalFlowPerceiver(nn.Module):
         patches = frames.permute(0, 3, 4, 1, 2).reshape(B, H * W, T * P)  # (B, M, 54), row-major pixels
         tokens = torch.cat([self.project(patches), self.position(B)], dim=-1)  # (B, M, 322)
         latents = self.encoder(tokens)  # (B, N, D)
-        flow = self.head(self.decoder(tokens, latents)) / FLOW_SCALE  # (B, M, 2): queries = the input tokens
+        flow = self.decoder(tokens, latents, head=self.head) / FLOW_SCALE  # (B, M, 2): queries = the input tokens
         return flow.view(B, H, W, 2)

@@ -32,6 +32,7 @@ IMPLEMENTATIONS = ("ours", "hf", "krasserm", "lucidrains")
 class Bench:
     model: nn.Module
     run: Callable[[torch.Tensor], torch.Tensor]  # shared inputs -> outputs
+    attention_kernel: str = "auto"  # this project's attention kernel choice, forced for a comparison
 
     def parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
@@ -80,8 +81,10 @@ def build_ours(c: ClassifierConfig | FlowConfig, checkpointing: bool = False) ->
     if isinstance(c, FlowConfig):
         from benchmarks.flow import OpticalFlowPerceiver
 
-        # Checkpointed decoding also goes in chunks of queries, so no (M x N) activation lives at once.
-        model = OpticalFlowPerceiver(c, checkpointing, query_chunk_size=16384 if checkpointing else None)
+        # Checkpointed, the per-pixel ends also go in chunks (queries in the decoder, inputs in the encoder's
+        # cross-attention), each recomputed in backward, so no activation over all 182k points lives at once.
+        chunk = 8192 if checkpointing else None
+        model = OpticalFlowPerceiver(c, checkpointing, query_chunk_size=chunk, input_chunk_size=chunk)
     else:
         model = OursClassifier(c, checkpointing)
     return Bench(model, model)
@@ -204,14 +207,18 @@ BUILDERS = {"ours": build_ours, "hf": build_hf, "krasserm": build_krasserm, "luc
 
 
 def build(implementation: str, config: ClassifierConfig | FlowConfig) -> Bench:
-    """`implementation` is one of IMPLEMENTATIONS, optionally with options: "ours+ckpt" (activation
-    checkpointing), "ours+compile" (torch.compile of the latent layers), "ours+ckpt+compile"."""
+    """`implementation` is one of IMPLEMENTATIONS, optionally with options: "+ckpt" (activation
+    checkpointing), and for ours "+compile" (torch.compile of the latent layers) and "+fused" / "+matmul"
+    (every attention through SDPA's fused kernels / through two GEMMs, instead of choosing per shape)."""
     name, *options = implementation.split("+")
-    if name not in BUILDERS or not set(options) <= {"ckpt", "compile"} or ("compile" in options and name != "ours"):
+    ours_only = {"compile", "fused", "matmul"}
+    if (name not in BUILDERS or not set(options) <= {"ckpt"} | ours_only
+            or (set(options) & ours_only and name != "ours") or {"fused", "matmul"} <= set(options)):
         raise ValueError(f"unknown implementation {implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}, "
-                         "optionally +ckpt, and ours+compile")
+                         "optionally +ckpt, and for ours +compile and +fused or +matmul")
     torch.manual_seed(0)
     bench = BUILDERS[name](config, checkpointing="ckpt" in options)
+    bench.attention_kernel = next((o for o in options if o in ("fused", "matmul")), "auto")
     if "compile" in options:
         from perceiver_mt.model import compile_latent_blocks
 

@@ -85,12 +85,30 @@ def trainer_fit(
     return intervals(timer.stamps), time.perf_counter() - start
 
 
+def profile_fit(system: MultiTaskSystem, batches: list[dict], clip: float, device: torch.device) -> str:
+    """The ops of one Trainer.fit by host time, and how often the host waited for the device: each
+    `aten::_local_scalar_dense` is a tensor read back to Python (`.item()`, `float()`, `bool()`), a stall
+    that a bare loop without logging or metrics does not have."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities, record_shapes=False) as prof:
+        trainer_fit(system, batches, clip, device)
+    events = prof.key_averages()
+    reads = sum(e.count for e in events if e.key == "aten::_local_scalar_dense")
+    syncs = {e.key: e.count for e in events if "Synchronize" in e.key}
+    table = events.table(sort_by="self_cpu_time_total", row_limit=25)
+    return f"{table}\nper fit of {len(batches)} steps: {reads} tensor reads to host, synchronisations {syncs}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30, help="steps per segment")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--output", help="JSON file (default benchmarks/results/trainer_overhead.json)")
+    parser.add_argument("--profile", action="store_true",
+                        help="afterwards, profile one more Trainer.fit and print where its host time went")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -126,6 +144,8 @@ def main() -> None:
     print(f"bare loop {bare_sps:.1f} samples/s, Trainer.fit {fit_sps:.1f} samples/s: "
           f"overhead {100 * report['overhead']:.1f}% (whole fit incl. set-up: {report['trainer_fit_wall_s_median']:.2f} s "
           f"for {args.steps} steps)")
+    if args.profile:
+        print(profile_fit(system, batches, clip, device))
     out = Path(args.output) if args.output else REPO / "benchmarks" / "results" / "trainer_overhead.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))

@@ -58,7 +58,11 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def build_head(self) -> nn.Module:
-        """Module: decoder output (B, O, query_channels) -> the task's outputs (e.g. logits)."""
+        """Module: decoder output (B, O, query_channels) -> the task's outputs (e.g. logits).
+
+        If `decoder_config()` sets `query_chunk_size`, the head runs on each chunk of queries and the
+        results are concatenated along dim 1, so it must map each query on its own (per pixel, per token).
+        """
 
     def init_weights(self, part: nn.Module) -> None:
         """Initialise a freshly built adapter, query module or head. Default: fan-in init of its Linears."""

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from perceiver_mt.model import DecoderConfig, EncoderConfig, PerceiverDecoder, PerceiverEncoder
-from perceiver_mt.model.attention import MultiHeadAttention
+from perceiver_mt.model.attention import MultiHeadAttention, force_attention_kernel, fused_kernel_starves
 
 SMALL = dict(input_channels=12, num_latents=6, latent_channels=16, num_self_attention_heads=2,
              num_self_attends_per_block=2)
@@ -48,6 +48,28 @@ def test_padding_has_exactly_no_effect():
     assert not torch.allclose(encoder(padded), expected, atol=1e-3)  # without the mask it does matter
 
 
+def test_input_chunks_change_memory_not_results():
+    """Chunked cross-attention (recomputed in backward) gives the same latents and gradients, padding included:
+    a chunk of nothing but padding must weigh nothing."""
+    torch.manual_seed(0)
+    config = dict(SMALL, num_cross_attention_heads=2, cross_attention_qk_channels=8, num_blocks=2, num_cross_attends=2)
+    whole = PerceiverEncoder(EncoderConfig(**config)).double()
+    chunked = PerceiverEncoder(EncoderConfig(**config, input_chunk_size=5)).double()
+    chunked.load_state_dict(whole.state_dict())
+    tokens = torch.randn(3, 23, 12, dtype=torch.double)
+    pad_mask = torch.zeros(3, 23, dtype=torch.bool)
+    pad_mask[1, 9:] = True  # chunks 2..4 of sample 1 are all padding
+    for model in (whole, chunked):
+        latents = model(tokens, pad_mask)
+        model.grads = torch.autograd.grad(latents.square().sum(), list(model.parameters()))
+        model.latents_out = latents.detach()
+    torch.testing.assert_close(chunked.latents_out, whole.latents_out)
+    for name, got, expected in zip(dict(whole.named_parameters()), chunked.grads, whole.grads):
+        torch.testing.assert_close(got, expected, atol=1e-9, rtol=1e-7, msg=name)
+    with pytest.raises(ValueError, match="kv_chunk_size must be a positive number"):
+        PerceiverEncoder(EncoderConfig(**config, input_chunk_size=0))
+
+
 def test_more_blocks_add_compute_not_parameters():
     one = PerceiverEncoder(EncoderConfig(**SMALL, num_blocks=1))
     four = PerceiverEncoder(EncoderConfig(**SMALL, num_blocks=4))
@@ -81,15 +103,35 @@ def reference_attention(attention: MultiHeadAttention, x_q, x_kv, pad_mask=None)
     return attention.to_out(torch.cat(outputs, dim=-1))
 
 
+@pytest.mark.parametrize("kernel", ["fused", "matmul"])
 @pytest.mark.parametrize("num_heads", [1, 4])
-def test_sdpa_attention_equals_plain_reference(num_heads):
+def test_both_attention_kernels_equal_plain_reference(num_heads, kernel):
     torch.manual_seed(0)
     attention = MultiHeadAttention(q_channels=8, kv_channels=12, num_heads=num_heads, qk_channels=16,
                                    v_channels=24, out_channels=10)
-    x_q, x_kv = torch.randn(2, 5, 8), torch.randn(2, 7, 12)
+    x_q, x_kv = torch.randn(2, 5, 8, requires_grad=True), torch.randn(2, 7, 12)
     pad_mask = torch.tensor([[False] * 7, [False] * 4 + [True] * 3])
-    torch.testing.assert_close(attention(x_q, x_kv, pad_mask), reference_attention(attention, x_q, x_kv, pad_mask))
-    assert attention(x_q, x_kv).shape == (2, 5, 10)
+    expected = reference_attention(attention, x_q, x_kv, pad_mask)
+    expected_grad, = torch.autograd.grad(expected.square().sum(), x_q)
+    with force_attention_kernel(kernel):
+        out = attention(x_q, x_kv, pad_mask)
+        grad, = torch.autograd.grad(out.square().sum(), x_q)
+        assert attention(x_q, x_kv).shape == (2, 5, 10)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+def test_two_gemm_attention_only_where_fp32_fused_attention_starves_the_gpu():
+    H200 = 132  # multiprocessors
+    # one cross-attention head, 256 latents, 50k inputs: 16 blocks of queries for 132 multiprocessors
+    assert fused_kernel_starves(4, 1, 256, 50_176, torch.float32, H200)
+    assert not fused_kernel_starves(4, 1, 256, 50_176, torch.bfloat16, H200)  # flash attention wins there
+    assert not fused_kernel_starves(8, 8, 256, 256, torch.float32, H200)  # latent self-attention: enough blocks
+    assert not fused_kernel_starves(1, 1, 182_528, 2_048, torch.float32, H200)  # per-pixel decoder queries
+    assert not fused_kernel_starves(4, 1, 256, 1_024, torch.float32, H200)  # short rows: scores not worth storing
+    with pytest.raises(ValueError, match="unknown attention kernel 'flash'; choose one of auto, fused, matmul"):
+        with force_attention_kernel("flash"):
+            pass
 
 
 def test_heads_must_divide_channels():

@@ -1,14 +1,24 @@
 """Attention building blocks of Perceiver IO: multi-head attention, cross- and self-attention layers.
 
-All attention goes through `F.scaled_dot_product_attention`, so PyTorch picks the fastest kernel
-(flash / memory-efficient / math) for the device. Shapes: B batch, Q queries, K keys, H heads.
+Attention goes through `F.scaled_dot_product_attention`, so PyTorch picks the fastest fused kernel
+(flash / memory-efficient / math) for the device, except where `attention_kernel` knows a fused kernel
+would leave a GPU idle. Shapes: B batch, Q queries, K keys, H heads.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+KERNELS = ("auto", "fused", "matmul")
+_forced_kernel = "auto"
+FUSED_QUERY_BLOCK = 64  # queries per thread block in PyTorch's CUDA memory-efficient attention (fp32)
 
 
 def padding_to_attention_mask(pad_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -55,12 +65,62 @@ class MultiHeadAttention(nn.Module):
     def _project(self, x_q: torch.Tensor, x_kv: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """q, k, v with as few matrix products as the inputs allow: one wide GEMM beats two or three narrow ones."""
         qk, v = self.to_k.out_features, self.to_v.out_features
-        kv_weight = torch.cat([self.to_k.weight, self.to_v.weight])  # (qk + v, Ckv): a copy of weights, not activations
-        kv_bias = torch.cat([self.to_k.bias, self.to_v.bias])
+        kv_weight, kv_bias = self._kv_weight_and_bias()
         if x_q is x_kv:  # self-attention
             weight, bias = torch.cat([self.to_q.weight, kv_weight]), torch.cat([self.to_q.bias, kv_bias])
             return F.linear(x_q, weight, bias).split([qk, qk, v], dim=-1)
         return (self.to_q(x_q), *F.linear(x_kv, kv_weight, kv_bias).split([qk, v], dim=-1))
+
+    def _kv_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """k and v projections as one (qk + v, Ckv) matrix: a copy of weights, not of activations."""
+        return torch.cat([self.to_k.weight, self.to_v.weight]), torch.cat([self.to_k.bias, self.to_v.bias])
+
+    def _project_kv(self, x_kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = F.linear(x_kv, *self._kv_weight_and_bias()).split([self.to_k.out_features, self.to_v.out_features], -1)
+        return self._split_heads(k), self._split_heads(v)
+
+    def forward_in_chunks(
+        self,
+        x_q: torch.Tensor,
+        x_kv: torch.Tensor,
+        kv_transform: nn.Module,
+        chunk_size: int,
+        pad_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """As `forward(x_q, kv_transform(x_kv), pad_mask)`, walking the keys `chunk_size` at a time.
+
+        Each chunk's normalised inputs, keys, values and scores are recomputed in backward, so training
+        holds one chunk's worth of them rather than all: the way to cross-attend to inputs whose keys
+        and values would not fit in memory. Chunks are combined exactly through their log-sum-exps.
+        """
+        q = self._split_heads(self.to_q(x_q)) * (self.to_q.out_features // self.num_heads) ** -0.5
+        dropout = self.dropout if self.training else 0.0
+        outs, lses = [], []
+        for start in range(0, x_kv.shape[1], chunk_size):
+            chunk = x_kv[:, start:start + chunk_size]
+            mask = None if pad_mask is None else pad_mask[:, start:start + chunk_size]
+            args = (q, chunk, kv_transform, mask, dropout)
+            out, lse = (checkpoint(self._attend_chunk, *args, use_reentrant=False) if torch.is_grad_enabled()
+                        else self._attend_chunk(*args))
+            outs.append(out)
+            lses.append(lse)
+        lse = finite_or_zero(torch.stack(lses).logsumexp(dim=0))  # (B, H, Q)
+        out = sum(o * (l - lse).exp().unsqueeze(-1) for o, l in zip(outs, lses))  # (B, H, Q, Cv/H)
+        B, H, Q, _ = out.shape
+        return self.to_out(out.transpose(1, 2).reshape(B, Q, -1))
+
+    def _attend_chunk(
+        self, q: torch.Tensor, x_kv: torch.Tensor, kv_transform: nn.Module, pad_mask: torch.Tensor | None,
+        dropout: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention of scaled q to one chunk of keys: (output normalised within the chunk, log-sum-exp)."""
+        k, v = self._project_kv(kv_transform(x_kv))
+        scores = q @ k.transpose(-2, -1)  # (B, H, Q, chunk)
+        if pad_mask is not None:
+            scores = scores.masked_fill(pad_mask[:, None, None, :], float("-inf"))
+        lse = scores.logsumexp(dim=-1)  # -inf where the whole chunk is padding: its weight below is 0
+        probs = (scores - finite_or_zero(lse).unsqueeze(-1)).exp()
+        return F.dropout(probs, dropout) @ v if dropout else probs @ v, lse
 
     def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x_q: (B, Q, Cq), x_kv: (B, K, Ckv), pad_mask: (B, K) True = ignore this key  ->  (B, Q, Cout)."""
@@ -69,8 +129,9 @@ class MultiHeadAttention(nn.Module):
         groups = query_groups(q, k)
         if groups > 1:  # query blocks become extra heads; each sees every key, so results are unchanged
             q = q.reshape(B, H * groups, Q // groups, -1)
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(
+            k, v = (t.unsqueeze(2).expand(B, H, groups, *t.shape[2:]).flatten(1, 2) for t in (k, v))
+        attend = matmul_attention if attention_kernel(q, k) == "matmul" else F.scaled_dot_product_attention
+        out = attend(
             q, k, v,
             attn_mask=padding_to_attention_mask(pad_mask),
             dropout_p=self.dropout if self.training else 0.0,
@@ -83,8 +144,9 @@ def query_groups(q: torch.Tensor, k: torch.Tensor) -> int:
     """How many query blocks to fold into extra heads so CPU attention backward uses every thread.
 
     PyTorch's CPU flash-attention backward parallelises over batch x heads only, so one cross-attention
-    head at batch 1 runs its (largest) backward on a single thread. Folding queries costs a copy of k and
-    v per group, which is why it is limited to training on CPU with fewer batch x heads than threads.
+    head at batch 1 runs its (largest) backward on a single thread. With one head the extra heads' k and
+    v are stride-0 views of the one k and v (no copy is saved for backward); with several heads they
+    are copies, which is why folding is limited to training on CPU with fewer batch x heads than threads.
     """
     B, H, Q, _ = q.shape
     threads = torch.get_num_threads()
@@ -94,6 +156,61 @@ def query_groups(q: torch.Tensor, k: torch.Tensor) -> int:
         return 1
     groups = threads // (B * H)
     return groups if Q % groups == 0 and Q // groups >= 64 else 1
+
+
+def finite_or_zero(x: torch.Tensor) -> torch.Tensor:
+    return x.masked_fill(~x.isfinite(), 0.0)
+
+
+def matmul_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Attention as two matrix products and a softmax, with SDPA's signature and conventions."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, Q, K)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    probs = F.dropout(scores.softmax(dim=-1), dropout_p) if dropout_p else scores.softmax(dim=-1)
+    return probs @ v
+
+
+def attention_kernel(q: torch.Tensor, k: torch.Tensor) -> str:
+    """"fused" (SDPA) or "matmul" for these shapes; `force_attention_kernel` overrides the choice."""
+    if _forced_kernel != "auto":
+        return _forced_kernel
+    if q.device.type != "cuda":
+        return "fused"  # CPU kernels split the work differently (see query_groups)
+    B, H, Q, _ = q.shape
+    multiprocessors = torch.cuda.get_device_properties(q.device).multi_processor_count
+    return "matmul" if fused_kernel_starves(B, H, Q, k.shape[-2], q.dtype, multiprocessors) else "fused"
+
+
+def fused_kernel_starves(
+    batch: int, heads: int, queries: int, keys: int, dtype: torch.dtype, multiprocessors: int,
+) -> bool:
+    """Whether CUDA's fp32 fused attention would leave most of the GPU idle on these shapes.
+
+    The memory-efficient kernel (the fused one fp32 gets) gives each (batch, head, block of 64 queries)
+    to one multiprocessor, which walks every key. A Perceiver cross-attention with one head and a few
+    hundred latents against tens of thousands of inputs makes fewer blocks than the GPU has
+    multiprocessors, each walking a long row. Two GEMMs and a softmax spread over the whole GPU instead,
+    at the cost of materialising the (B, H, Q, K) scores. Measured on an H200 (docs/benchmarks.md):
+    config B trains 1.6x faster this way in fp32; in bf16 flash attention is faster than the GEMMs.
+    """
+    blocks = batch * heads * math.ceil(queries / FUSED_QUERY_BLOCK)
+    return dtype == torch.float32 and blocks < multiprocessors and keys >= 8 * queries
+
+
+@contextlib.contextmanager
+def force_attention_kernel(kernel: str) -> Iterator[None]:
+    """Within this block every attention uses `kernel` ("auto", "fused" or "matmul"): for benchmarks and tests."""
+    global _forced_kernel
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown attention kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+    previous, _forced_kernel = _forced_kernel, kernel
+    try:
+        yield
+    finally:
+        _forced_kernel = previous
 
 
 class MLP(nn.Module):
@@ -130,8 +247,12 @@ class CrossAttentionLayer(nn.Module):
         widening_factor: int = 1,
         query_residual: bool = True,
         dropout: float = 0.0,
+        kv_chunk_size: int | None = None,
     ):
         super().__init__()
+        if kv_chunk_size is not None and kv_chunk_size < 1:
+            raise ValueError(f"kv_chunk_size must be a positive number of inputs or None, got {kv_chunk_size}")
+        self.kv_chunk_size = kv_chunk_size
         self.q_norm = nn.LayerNorm(q_channels)
         self.kv_norm = nn.LayerNorm(kv_channels)
         self.attention = MultiHeadAttention(
@@ -141,7 +262,11 @@ class CrossAttentionLayer(nn.Module):
         self.mlp = MLP(q_channels, widening_factor, dropout)
 
     def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
-        attended = self.attention(self.q_norm(x_q), self.kv_norm(x_kv), pad_mask)
+        if self.kv_chunk_size is not None and x_kv.shape[1] > self.kv_chunk_size:
+            attended = self.attention.forward_in_chunks(self.q_norm(x_q), x_kv, self.kv_norm, self.kv_chunk_size,
+                                                        pad_mask)
+        else:
+            attended = self.attention(self.q_norm(x_q), self.kv_norm(x_kv), pad_mask)
         x = x_q + attended if self.query_residual else attended
         return x + self.mlp(x)
 

@@ -33,7 +33,10 @@ class TaskModel(nn.Module):
         return adapted if isinstance(adapted, tuple) else (adapted, None)
 
     def decode(self, batch: Batch, latents: torch.Tensor) -> torch.Tensor:
-        return self.head(self.decoder(self.queries(batch), latents))
+        queries = self.queries(batch)
+        if self.decoder.config.query_chunk_size:  # per-query head inside each chunk: see PerceiverDecoder
+            return self.decoder(queries, latents, head=self.head)
+        return self.head(self.decoder(queries, latents))
 
 
 class MultiTaskPerceiver(nn.Module):

@@ -38,6 +38,9 @@ class EncoderConfig:
     num_blocks: int = 1  # times the latent block is applied, sharing weights (compute, no parameters)
     dropout: float = 0.0
     activation_checkpointing: bool = False  # recompute each layer in backward: less memory, ~1/3 more compute
+    # Cross-attend to this many input points at a time, each chunk's keys/values recomputed in backward:
+    # training memory for one chunk's instead of all inputs'. For inputs of 100k+ points; None = all at once.
+    input_chunk_size: int | None = None
 
 
 @dataclass
@@ -73,6 +76,7 @@ class PerceiverEncoder(nn.Module):
                 c.latent_channels, c.input_channels, c.num_cross_attention_heads,
                 c.cross_attention_qk_channels, c.cross_attention_v_channels,
                 c.cross_attention_widening_factor, query_residual=True, dropout=c.dropout,
+                kv_chunk_size=c.input_chunk_size,
             )
 
         # The first cross-attention has its own weights; all later ones share the second's.
@@ -129,16 +133,30 @@ class PerceiverDecoder(nn.Module):
         )
         fan_in_init_(self)
 
-    def forward(self, queries: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        """queries: (B, O, Cq), latents: (B, N, D)  ->  (B, O, Cq)."""
+    def forward(self, queries: torch.Tensor, latents: torch.Tensor, head: nn.Module | None = None) -> torch.Tensor:
+        """queries: (B, O, Cq), latents: (B, N, D)  ->  (B, O, Cq), or `head` of that.
+
+        With `query_chunk_size`, `head` runs on each chunk of queries (inside the chunk's checkpoint) and
+        the chunks' results are concatenated along dim 1, so per-query outputs (pixels, tokens) never hold
+        the (B, O, Cq) decoder features of all queries at once; such a head must map queries independently.
+        """
         chunk = self.config.query_chunk_size or queries.shape[1]
         # Queries are independent of each other, so chunking changes memory, not results. Without
         # checkpointing, autograd still keeps every chunk's activations; the two go together for
         # per-pixel outputs whose (O x D) activations would not fit at once.
-        outputs = [self._call(part, latents) for part in queries.split(chunk, dim=1)]
+        outputs = [self._call(part, latents, head) for part in queries.split(chunk, dim=1)]
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
 
-    def _call(self, queries: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    def _decode(self, queries: torch.Tensor, latents: torch.Tensor, head: nn.Module | None) -> torch.Tensor:
+        decoded = self.cross_attention(queries, latents)
+        if head is None:
+            return decoded
+        # The head computes in its own parameters' precision, which FSDP mixed precision may keep
+        # higher than the decoder's.
+        weight = next(head.parameters(), None)
+        return head(decoded if weight is None else decoded.to(weight.dtype))
+
+    def _call(self, queries: torch.Tensor, latents: torch.Tensor, head: nn.Module | None) -> torch.Tensor:
         if self.config.activation_checkpointing and torch.is_grad_enabled():
-            return checkpoint(self.cross_attention, queries, latents, use_reentrant=False)
-        return self.cross_attention(queries, latents)
+            return checkpoint(self._decode, queries, latents, head, use_reentrant=False)
+        return self._decode(queries, latents, head)
