@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from perceiver_mt.model import DecoderConfig, EncoderConfig, PerceiverDecoder, PerceiverEncoder
-from perceiver_mt.model.attention import MultiHeadAttention, force_attention_kernel, fused_kernel_starves
+from perceiver_mt.model.attention import MultiHeadAttention, cuda_attention_kernel, force_attention_kernel
 
 SMALL = dict(input_channels=12, num_latents=6, latent_channels=16, num_self_attention_heads=2,
              num_self_attends_per_block=2)
@@ -121,14 +121,20 @@ def test_both_attention_kernels_equal_plain_reference(num_heads, kernel):
     torch.testing.assert_close(grad, expected_grad)
 
 
-def test_two_gemm_attention_only_where_fp32_fused_attention_starves_the_gpu():
-    H200 = 132  # multiprocessors
+def test_gpu_attention_uses_two_gemms_only_where_fused_kernels_were_measured_slow():
+    def kernel(batch, heads, queries, head_channels, keys, dtype=torch.float32, training=True):
+        return cuda_attention_kernel(batch, heads, queries, head_channels, keys, dtype, 132, training)  # H200: 132 SMs
+
     # one cross-attention head, 256 latents, 50k inputs: 16 blocks of queries for 132 multiprocessors
-    assert fused_kernel_starves(4, 1, 256, 50_176, torch.float32, H200)
-    assert not fused_kernel_starves(4, 1, 256, 50_176, torch.bfloat16, H200)  # flash attention wins there
-    assert not fused_kernel_starves(8, 8, 256, 256, torch.float32, H200)  # latent self-attention: enough blocks
-    assert not fused_kernel_starves(1, 1, 182_528, 2_048, torch.float32, H200)  # per-pixel decoder queries
-    assert not fused_kernel_starves(4, 1, 256, 1_024, torch.float32, H200)  # short rows: scores not worth storing
+    assert kernel(4, 1, 256, 64, 50_176) == "matmul"
+    assert kernel(4, 1, 256, 64, 50_176, dtype=torch.bfloat16) == "fused"  # flash attention wins there
+    assert kernel(8, 8, 256, 64, 256) == "fused"  # latent self-attention: enough blocks
+    assert kernel(4, 1, 256, 64, 1_024) == "fused"  # short rows: scores not worth storing
+    # the flow decoder's one 512-channel head over 182k pixel queries: GEMMs to train, fused to infer
+    assert kernel(1, 1, 182_528, 512, 2_048) == "matmul"
+    assert kernel(1, 1, 182_528, 512, 2_048, dtype=torch.bfloat16) == "matmul"
+    assert kernel(1, 1, 182_528, 512, 2_048, training=False) == "fused"
+    assert kernel(1, 16, 2_048, 32, 2_048) == "fused"  # its latent self-attention
     with pytest.raises(ValueError, match="unknown attention kernel 'flash'; choose one of auto, fused, matmul"):
         with force_attention_kernel("flash"):
             pass

@@ -2,7 +2,8 @@
 
 Attention goes through `F.scaled_dot_product_attention`, so PyTorch picks the fastest fused kernel
 (flash / memory-efficient / math) for the device, except where `attention_kernel` knows a fused kernel
-would leave a GPU idle. Shapes: B batch, Q queries, K keys, H heads.
+is slow on a GPU (too few thread blocks; heads wider than 128 channels in training): there it is two
+GEMMs and a softmax. Shapes: B batch, Q queries, K keys, H heads.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from torch.utils.checkpoint import checkpoint
 KERNELS = ("auto", "fused", "matmul")
 _forced_kernel = "auto"
 FUSED_QUERY_BLOCK = 64  # queries per thread block in PyTorch's CUDA memory-efficient attention (fp32)
+# CUDA's fused kernels are built for heads of up to 128 channels (flash: 256). Wider heads, like the one
+# 512-channel head of DeepMind's per-pixel flow decoder, train 2-4x faster as GEMMs on an H200
+# (docs/benchmarks.md, config C); their forward alone stays fused, where it is fast and needs no scores.
+FUSED_MAX_HEAD_CHANNELS = 128
 
 
 def padding_to_attention_mask(pad_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -179,9 +184,20 @@ def attention_kernel(q: torch.Tensor, k: torch.Tensor) -> str:
         return _forced_kernel
     if q.device.type != "cuda":
         return "fused"  # CPU kernels split the work differently (see query_groups)
-    B, H, Q, _ = q.shape
+    B, H, Q, head_channels = q.shape
     multiprocessors = torch.cuda.get_device_properties(q.device).multi_processor_count
-    return "matmul" if fused_kernel_starves(B, H, Q, k.shape[-2], q.dtype, multiprocessors) else "fused"
+    training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
+    return cuda_attention_kernel(B, H, Q, head_channels, k.shape[-2], q.dtype, multiprocessors, training)
+
+
+def cuda_attention_kernel(
+    batch: int, heads: int, queries: int, head_channels: int, keys: int, dtype: torch.dtype, multiprocessors: int,
+    training: bool,
+) -> str:
+    """The faster attention on a CUDA GPU for these shapes, as measured on an H200 (docs/benchmarks.md)."""
+    if fused_kernel_starves(batch, heads, queries, keys, dtype, multiprocessors):
+        return "matmul"
+    return "matmul" if training and head_channels > FUSED_MAX_HEAD_CHANNELS else "fused"
 
 
 def fused_kernel_starves(
