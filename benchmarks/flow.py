@@ -30,7 +30,7 @@ class OpticalFlowPerceiver(nn.Module):
         c = config
         self.config = c
         self.project = nn.Linear(2 * c.patch_channels, c.patch_hidden)
-        self.position = FourierPositionEncoding(c.image, c.num_bands)
+        self.position = FourierPositionEncoding(c.image, c.num_bands, cached=False)  # recomputed per forward, as HF does
         C = c.patch_hidden + self.position.num_channels  # 322
         self.encoder = PerceiverEncoder(EncoderConfig(
             input_channels=C, num_latents=c.num_latents, latent_channels=c.latent_channels,

@@ -57,7 +57,7 @@ def loss_fn(config: ClassifierConfig | FlowConfig, outputs: torch.Tensor, target
 
 # --- this project ---------------------------------------------------------------------------------------
 class OursClassifier(nn.Module):
-    def __init__(self, c: ClassifierConfig, activation_checkpointing: bool = False):
+    def __init__(self, c: ClassifierConfig, activation_checkpointing: bool = False, input_chunk_size: int | None = None):
         super().__init__()
         from perceiver_mt.model import DecoderConfig, EncoderConfig, PerceiverDecoder, PerceiverEncoder
 
@@ -67,6 +67,7 @@ class OursClassifier(nn.Module):
             cross_attention_v_channels=c.input_channels, cross_attention_widening_factor=c.widening,
             num_self_attention_heads=c.self_heads, self_attention_widening_factor=c.widening,
             num_self_attends_per_block=c.self_layers, activation_checkpointing=activation_checkpointing,
+            input_chunk_size=input_chunk_size,
         ))
         self.query = nn.Parameter(torch.randn(1, 1, c.latent_channels) * 0.02)
         self.decoder = PerceiverDecoder(DecoderConfig(query_channels=c.latent_channels), c.latent_channels)
@@ -77,16 +78,21 @@ class OursClassifier(nn.Module):
         return self.head(self.decoder(self.query.expand(x.shape[0], -1, -1), latents))[:, 0]  # (B, classes)
 
 
-def build_ours(c: ClassifierConfig | FlowConfig, checkpointing: bool = False) -> Bench:
+CHUNK = 4096  # input points (and, for per-pixel outputs, queries) per chunk in the memory-saving variants
+
+
+def build_ours(c: ClassifierConfig | FlowConfig, checkpointing: bool = False, chunked: bool = False) -> Bench:
+    """`chunked`: the encoder cross-attends to CHUNK inputs at a time, each chunk recomputed in backward.
+    Checkpointed per-pixel outputs are decoded CHUNK queries at a time as well, so together no activation
+    over all 182k points of config C lives at once."""
+    input_chunk = CHUNK if chunked or checkpointing else None
     if isinstance(c, FlowConfig):
         from benchmarks.flow import OpticalFlowPerceiver
 
-        # Checkpointed, the per-pixel ends also go in chunks (queries in the decoder, inputs in the encoder's
-        # cross-attention), each recomputed in backward, so no activation over all 182k points lives at once.
-        chunk = 8192 if checkpointing else None
-        model = OpticalFlowPerceiver(c, checkpointing, query_chunk_size=chunk, input_chunk_size=chunk)
+        query_chunk = CHUNK if checkpointing else None  # without checkpointing, chunks of queries save nothing
+        model = OpticalFlowPerceiver(c, checkpointing, query_chunk_size=query_chunk, input_chunk_size=input_chunk)
     else:
-        model = OursClassifier(c, checkpointing)
+        model = OursClassifier(c, checkpointing, input_chunk)
     return Bench(model, model)
 
 
@@ -208,16 +214,18 @@ BUILDERS = {"ours": build_ours, "hf": build_hf, "krasserm": build_krasserm, "luc
 
 def build(implementation: str, config: ClassifierConfig | FlowConfig) -> Bench:
     """`implementation` is one of IMPLEMENTATIONS, optionally with options: "+ckpt" (activation
-    checkpointing), and for ours "+compile" (torch.compile of the latent layers) and "+fused" / "+matmul"
-    (every attention through SDPA's fused kernels / through two GEMMs, instead of choosing per shape)."""
+    checkpointing), and for ours "+chunk" (cross-attention over inputs in chunks, see `build_ours`),
+    "+compile" (torch.compile of the latent layers) and "+fused" / "+matmul" (every attention through
+    SDPA's fused kernels / through two GEMMs, instead of choosing per shape)."""
     name, *options = implementation.split("+")
-    ours_only = {"compile", "fused", "matmul"}
+    ours_only = {"chunk", "compile", "fused", "matmul"}
     if (name not in BUILDERS or not set(options) <= {"ckpt"} | ours_only
             or (set(options) & ours_only and name != "ours") or {"fused", "matmul"} <= set(options)):
         raise ValueError(f"unknown implementation {implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}, "
-                         "optionally +ckpt, and for ours +compile and +fused or +matmul")
+                         "optionally +ckpt, and for ours +chunk, +compile and +fused or +matmul")
     torch.manual_seed(0)
-    bench = BUILDERS[name](config, checkpointing="ckpt" in options)
+    extra = {"chunked": True} if "chunk" in options else {}
+    bench = BUILDERS[name](config, checkpointing="ckpt" in options, **extra)
     bench.attention_kernel = next((o for o in options if o in ("fused", "matmul")), "auto")
     if "compile" in options:
         from perceiver_mt.model import compile_latent_blocks

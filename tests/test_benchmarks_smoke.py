@@ -17,7 +17,7 @@ sys.path.insert(0, str(REPO))  # benchmarks/ is a folder of scripts, not an inst
 from benchmarks.configs import CONFIGS  # noqa: E402
 from benchmarks.flops import forward_flops  # noqa: E402
 from benchmarks.implementations import build, make_inputs  # noqa: E402
-from benchmarks.measure import measure_in_child  # noqa: E402
+from benchmarks.measure import measure_in_child, measure_in_process  # noqa: E402
 
 
 def available(implementation: str) -> bool:
@@ -74,3 +74,13 @@ def test_memory_options_do_not_change_outputs_or_gradients():
 def test_watchdog_records_oom_instead_of_letting_a_run_grow():
     result = measure_in_child(["--impl", "ours", "--config", "tinyA"], memory_limit_gb=0.05, timeout_s=120)
     assert result["status"] == "oom" and result["peak_rss_gb"] > 0.05
+
+
+def test_in_process_measurement_reports_results_and_failures_as_records():
+    """The GPU path of the harness (one process for all measurements) on CPU: a variant of ours runs and an
+    unknown implementation is a one-line error record, not an exception that ends the comparison."""
+    ok = measure_in_process(["--impl", "ours+chunk+matmul", "--config", "tinyA", "--steps", "2", "--warmup", "0"])
+    assert ok["status"] == "ok" and len(ok["times"]) == 2 and ok["params"] > 0
+    bad = measure_in_process(["--impl", "ours+quantum", "--config", "tinyA"])
+    assert bad["status"] == "error" and "unknown implementation 'ours+quantum'" in bad["error"]
+    assert "\n" not in bad["error"]

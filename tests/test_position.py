@@ -49,3 +49,11 @@ def test_features_of_a_subsample_equal_rows_of_the_full_grid():
 def test_learned_position_encoding_is_trainable():
     encoding = LearnedPositionEncoding(10, 4)
     assert encoding(2).shape == (2, 10, 4) and encoding.embedding.requires_grad
+
+
+def test_uncached_fourier_features_are_the_cached_ones_and_follow_the_module():
+    cached = FourierPositionEncoding((5, 7), 4)
+    uncached = FourierPositionEncoding((5, 7), 4, cached=False)
+    assert uncached.num_channels == cached.num_channels and not hasattr(uncached, "features")
+    assert torch.equal(uncached(3), cached(3)) and uncached(3).shape == (3, 35, cached.num_channels)
+    assert uncached.double()(1).dtype == torch.float64  # the stored positions move with the module

@@ -51,7 +51,12 @@ def fourier_channels(num_dims: int, num_bands: int, concat_pos: bool = True, sin
 
 
 class FourierPositionEncoding(nn.Module):
-    """Fixed Fourier features of a full grid of shape `index_dims`, kept as a non-trainable buffer."""
+    """Fixed Fourier features of a full grid of shape `index_dims`, kept as a non-trainable buffer.
+
+    `cached=False` recomputes them at every forward instead: for grids of 100k+ points, whose feature
+    table (188 MB for a 368 x 496 image at 64 bands) would otherwise stay resident beside training's
+    peak, at the cost of a few hundred milliseconds of sin/cos per forward.
+    """
 
     def __init__(
         self,
@@ -60,19 +65,24 @@ class FourierPositionEncoding(nn.Module):
         max_resolution: Sequence[int] | None = None,
         concat_pos: bool = True,
         sine_only: bool = False,
+        cached: bool = True,
     ):
         super().__init__()
-        features = fourier_features(
-            linear_positions(index_dims), num_bands, max_resolution or index_dims, concat_pos, sine_only
-        )
-        self.register_buffer("features", features, persistent=False)  # (prod(index_dims), C)
+        self.feature_options = dict(num_bands=num_bands, max_resolution=tuple(max_resolution or index_dims),
+                                    concat_pos=concat_pos, sine_only=sine_only)
+        self._num_channels = fourier_channels(len(index_dims), num_bands, concat_pos, sine_only)
+        positions = linear_positions(index_dims)
+        self.cached = cached
+        stored = fourier_features(positions, **self.feature_options) if cached else positions
+        self.register_buffer("features" if cached else "positions", stored, persistent=False)
 
     @property
     def num_channels(self) -> int:
-        return self.features.shape[-1]
+        return self._num_channels
 
     def forward(self, batch_size: int) -> torch.Tensor:
-        return self.features.expand(batch_size, -1, -1)  # (B, M, C)
+        features = self.features if self.cached else fourier_features(self.positions, **self.feature_options)
+        return features.expand(batch_size, -1, -1)  # (B, M, C)
 
 
 class LearnedPositionEncoding(nn.Module):
