@@ -38,6 +38,7 @@ class ByteMLMOptions:
     query_channels: int = 64
     query_context: int = 0  # bytes each side of a position mixed into its output query (0 = position only)
     decoder_heads: int = 1
+    query_chunk_size: int | None = None  # decode this many byte positions at a time (long seq_len); None = all
     position: str = "fourier"  # fourier | learned: position code of input tokens and output queries
     num_bands: int = 32  # Fourier bands (frequencies 1..seq_len/2) when position="fourier"
     mask_char: str = "\u2588"  # marks masked characters in text given to `make_batch`
@@ -135,10 +136,12 @@ class ByteMLMTask(Task):
         return PositionQueries(o.query_channels, o.seq_len, o.query_context, o.position, o.num_bands)
 
     def decoder_config(self) -> DecoderConfig:
-        return DecoderConfig(query_channels=self.options.query_channels, num_heads=self.options.decoder_heads)
+        o = self.options
+        return DecoderConfig(query_channels=o.query_channels, num_heads=o.decoder_heads,
+                             query_chunk_size=o.query_chunk_size)
 
     def build_head(self) -> nn.Module:
-        return nn.Linear(self.options.query_channels, NUM_BYTES)  # (B, L, 256) logits
+        return nn.Linear(self.options.query_channels, NUM_BYTES)  # (B, L, 256) logits, per position
 
     def datamodule_defaults(self) -> dict:
         return {"seq_len": self.options.seq_len, "mask_prob": self.options.mask_prob}
