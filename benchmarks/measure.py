@@ -70,7 +70,7 @@ def measure(
         if autocast != "none":
             stack.enter_context(torch.autocast(device.split(":")[0], dtype=getattr(torch, autocast)))
         if bench.attention_kernel != "auto":
-            from perceiver_mt.model.attention import force_attention_kernel
+            from perceiver_mt.model.kernels import force_attention_kernel
 
             stack.enter_context(force_attention_kernel(bench.attention_kernel))
         if sdpa != "default":

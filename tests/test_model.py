@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from perceiver_mt.model import DecoderConfig, EncoderConfig, PerceiverDecoder, PerceiverEncoder
-from perceiver_mt.model.attention import MultiHeadAttention, cuda_attention_kernel, force_attention_kernel
+from perceiver_mt.model.attention import MultiHeadAttention
+from perceiver_mt.model.kernels import cuda_attention_kernel, force_attention_kernel
 
 SMALL = dict(input_channels=12, num_latents=6, latent_channels=16, num_self_attention_heads=2,
              num_self_attends_per_block=2)
