@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from perceiver_mt.model.kernels import KERNELS
 from perceiver_mt.model.perceiver import EncoderConfig
 from perceiver_mt.parallel import ParallelConfig
 from perceiver_mt.sampling import STRATEGIES, SamplingConfig
@@ -112,6 +113,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 raise ConfigError(f"override {override!r} must look like dotted.key=value")
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([override]))
         OmegaConf.resolve(merged)
+        if merged.model.attention_kernel not in KERNELS:
+            raise ConfigError(f"model.attention_kernel={merged.model.attention_kernel!r} is unknown; "
+                              f"choose one of {', '.join(KERNELS)}")
         if merged.sampling.strategy not in STRATEGIES:
             raise ConfigError(f"sampling.strategy={merged.sampling.strategy!r} is unknown; choose one of {', '.join(STRATEGIES)}")
         for name, task in merged.tasks.items():

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from perceiver_mt.model import EncoderConfig, MultiTaskPerceiver
+from perceiver_mt.model.attention import MultiHeadAttention
 from tasks.byte_mlm import PAD_ID, ByteMLMOptions, ByteMLMTask
 
 SEQ_LEN = 16
@@ -72,3 +73,18 @@ def test_decoding_in_chunks_gives_the_same_logits_and_gradients() -> None:
     torch.testing.assert_close(chunked, whole)
     for a, b in zip(chunked_grads, whole_grads):
         torch.testing.assert_close(a, b)
+
+
+def test_the_models_attention_kernel_reaches_the_task_decoders() -> None:
+    """model.attention_kernel applies to every attention, the task's decoder included; results agree."""
+    outputs = {}
+    for kernel in ("fused", "matmul"):
+        encoder = EncoderConfig(input_channels=12, num_latents=4, latent_channels=16, num_self_attends_per_block=1,
+                                attention_kernel=kernel)
+        torch.manual_seed(0)
+        model = MultiTaskPerceiver(encoder, {"mlm": make_task(query_context=1)})
+        assert {m.kernel for m in model.modules() if isinstance(m, MultiHeadAttention)} == {kernel}
+        outputs[kernel] = model("mlm", {"inputs": random_ids()})
+    torch.testing.assert_close(outputs["matmul"], outputs["fused"])
+    with pytest.raises(ValueError, match="unknown attention kernel 'flash'; choose one of auto, fused, matmul"):
+        MultiTaskPerceiver(EncoderConfig(input_channels=12, attention_kernel="flash"), {"mlm": make_task()})

@@ -34,6 +34,7 @@ def test_overrides_are_typed_and_applied():
     ("trainer.max_step=3", "error: unknown config key 'trainer.max_step' (valid: accelerator, strategy,"),
     ("tasks.new_task.loss_weight=2", "error: tasks.new_task.plugin is not set: name a registered task plugin"),
     ("sampling.strategy=sometimes", "error: sampling.strategy='sometimes' is unknown; choose one of round_robin,"),
+    ("model.attention_kernel=flash", "error: model.attention_kernel='flash' is unknown; choose one of auto, fused, matmul"),
     ("no_equals_sign", "error: override 'no_equals_sign' must look like dotted.key=value"),
 ])
 def test_mistakes_give_one_line_errors(capsys, tmp_path, override, message):

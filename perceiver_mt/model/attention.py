@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from perceiver_mt.model.kernels import attention_kernel, finite_or_zero, matmul_attention, query_groups
+from perceiver_mt.model.kernels import attention_kernel, check_kernel, finite_or_zero, matmul_attention, query_groups
 
 def padding_to_attention_mask(pad_mask: torch.Tensor | None) -> torch.Tensor | None:
     """(B, K) bool, True = padding  ->  (B, 1, 1, K) bool, True = may attend (SDPA's convention)."""
@@ -46,6 +46,7 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError(f"{what}={width} must be divisible by num_heads={num_heads}")
         self.num_heads = num_heads
         self.dropout = dropout
+        self.kernel = "auto"  # or "fused" / "matmul": see kernels.attention_kernel and set_attention_kernel
         self.to_q = nn.Linear(q_channels, qk_channels)
         self.to_k = nn.Linear(kv_channels, qk_channels)
         self.to_v = nn.Linear(kv_channels, v_channels)
@@ -123,7 +124,7 @@ class MultiHeadAttention(nn.Module):
         if groups > 1:  # query blocks become extra heads; each sees every key, so results are unchanged
             q = q.reshape(B, H * groups, Q // groups, -1)
             k, v = (t.unsqueeze(2).expand(B, H, groups, *t.shape[2:]).flatten(1, 2) for t in (k, v))
-        attend = matmul_attention if attention_kernel(q, k) == "matmul" else F.scaled_dot_product_attention
+        attend = matmul_attention if attention_kernel(q, k, self.kernel) == "matmul" else F.scaled_dot_product_attention
         out = attend(
             q, k, v,
             attn_mask=padding_to_attention_mask(pad_mask),
@@ -131,6 +132,15 @@ class MultiHeadAttention(nn.Module):
         )  # (B, H * groups, Q / groups, Cv/H)
         out = out.reshape(B, H, Q, -1)  # (B, H, Q, Cv/H)
         return self.to_out(out.transpose(1, 2).reshape(B, Q, -1))
+
+
+def set_attention_kernel(module: nn.Module, kernel: str) -> None:
+    """Every attention inside `module` uses `kernel`: "auto" (per device and shape), "fused" (SDPA;
+    least memory) or "matmul" (two GEMMs; on some GPU shapes faster, storing the scores)."""
+    check_kernel(kernel)
+    for attention in module.modules():
+        if isinstance(attention, MultiHeadAttention):
+            attention.kernel = kernel
 
 
 class MLP(nn.Module):

@@ -38,10 +38,19 @@ def matmul_attention(
     return probs @ v
 
 
-def attention_kernel(q: torch.Tensor, k: torch.Tensor) -> str:
-    """"fused" (SDPA) or "matmul" for these shapes; `force_attention_kernel` overrides the choice."""
+def check_kernel(kernel: str, where: str = "attention kernel") -> str:
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown {where} {kernel!r}; choose one of {', '.join(KERNELS)}")
+    return kernel
+
+
+def attention_kernel(q: torch.Tensor, k: torch.Tensor, preferred: str = "auto") -> str:
+    """"fused" (SDPA) or "matmul" for these shapes: `force_attention_kernel`, else the module's
+    `preferred` kernel (a model option), else the measured rule below."""
     if _forced_kernel != "auto":
         return _forced_kernel
+    if preferred != "auto":
+        return preferred
     if q.device.type != "cuda":
         return "fused"  # CPU kernels split the work differently (see query_groups)
     B, H, Q, head_channels = q.shape
@@ -80,9 +89,7 @@ def fused_kernel_starves(
 def force_attention_kernel(kernel: str) -> Iterator[None]:
     """Within this block every attention uses `kernel` ("auto", "fused" or "matmul"): for benchmarks and tests."""
     global _forced_kernel
-    if kernel not in KERNELS:
-        raise ValueError(f"unknown attention kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
-    previous, _forced_kernel = _forced_kernel, kernel
+    previous, _forced_kernel = _forced_kernel, check_kernel(kernel)
     try:
         yield
     finally:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from perceiver_mt.model.attention import set_attention_kernel
 from perceiver_mt.model.perceiver import EncoderConfig, PerceiverDecoder, PerceiverEncoder
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ class MultiTaskPerceiver(nn.Module):
         super().__init__()
         self.encoder = PerceiverEncoder(encoder)
         self.tasks = nn.ModuleDict({name: TaskModel(task, encoder.latent_channels) for name, task in tasks.items()})
+        set_attention_kernel(self, encoder.attention_kernel)  # the decoders follow the encoder's setting
 
     def forward(self, task: str, batch: Batch) -> torch.Tensor:
         task_model = self.tasks[task]

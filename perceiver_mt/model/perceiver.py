@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from perceiver_mt.model.attention import CrossAttentionLayer, SelfAttentionLayer
+from perceiver_mt.model.attention import CrossAttentionLayer, SelfAttentionLayer, set_attention_kernel
 from perceiver_mt.model.init import fan_in_init_
 
 
@@ -41,6 +41,9 @@ class EncoderConfig:
     # Cross-attend to this many input points at a time, each chunk's keys/values recomputed in backward:
     # training memory for one chunk's instead of all inputs'. For inputs of 100k+ points; None = all at once.
     input_chunk_size: int | None = None
+    # auto | fused | matmul, for every attention of the network (task decoders too): "auto" picks per device
+    # and shape as measured (perceiver_mt/model/kernels.py); "fused" keeps SDPA everywhere (least memory).
+    attention_kernel: str = "auto"
 
 
 @dataclass
@@ -88,6 +91,7 @@ class PerceiverEncoder(nn.Module):
             )
             for _ in range(c.num_self_attends_per_block)
         )
+        set_attention_kernel(self, c.attention_kernel)
         fan_in_init_(self)
 
     def forward(self, tokens: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
