@@ -202,9 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def matmul_dtype(autocast: str) -> str:
+    """Achieved FLOP/s are compared with a matmul in the precision the models ran in."""
+    return "float32" if autocast == "none" else autocast
+
+
 def run(args: argparse.Namespace) -> dict:
     if args.matmul:
-        return matmul_flops(device=args.device, dtype="float32" if args.autocast == "none" else args.autocast)
+        return matmul_flops(device=args.device, dtype=matmul_dtype(args.autocast))
     if not (args.impl and args.config):
         raise ValueError("--impl and --config are required unless --matmul")
     return measure(args.impl, args.config, args.mode, args.steps, args.warmup, args.device, args.autocast, args.sdpa)

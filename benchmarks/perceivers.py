@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from benchmarks.flops import step_flops
-from benchmarks.measure import REPO, measure_in_child, measure_in_process, resolve_config
+from benchmarks.measure import REPO, matmul_dtype, measure_in_child, measure_in_process, resolve_config
 
 RESULTS = REPO / "benchmarks" / "results"
 SWEEP_SIZES = [1024 * 2**i for i in range(9)]  # 1k .. 256k
@@ -60,11 +60,6 @@ def measurement(child_args: list[str], args: argparse.Namespace, timeout_s: floa
     if args.device.startswith("cuda"):
         return measure_in_process(child_args)
     return measure_in_child(child_args, args.memory_limit_gb, timeout_s or args.timeout_s)
-
-
-def matmul_dtype(args: argparse.Namespace) -> str:
-    """Achieved FLOP/s are compared with a matmul in the precision the models ran in."""
-    return "float32" if args.autocast == "none" else args.autocast
 
 
 def matmul_measurement(args: argparse.Namespace) -> float:
@@ -117,7 +112,7 @@ def compare(args: argparse.Namespace) -> dict:
     info = machine()
     for round_ in range(args.rounds):
         matmul.append(matmul_measurement(args))
-        print(f"round {round_ + 1}/{args.rounds}: {matmul_dtype(args)} matmul {matmul[-1]:.1f} GFLOP/s", flush=True)
+        print(f"round {round_ + 1}/{args.rounds}: {matmul_dtype(args.autocast)} matmul {matmul[-1]:.1f} GFLOP/s", flush=True)
         for mode in modes:
             for impl in rotated(impls, round_):
                 previous = records[(impl, mode)]
@@ -135,7 +130,7 @@ def compare(args: argparse.Namespace) -> dict:
     matmul.append(matmul_measurement(args))
     info["load_average_end"] = os.getloadavg()
     report = {
-        "config": args.config, "machine": info, "matmul_gflops": matmul, "matmul_dtype": matmul_dtype(args),
+        "config": args.config, "machine": info, "matmul_gflops": matmul, "matmul_dtype": matmul_dtype(args.autocast),
         "device": args.device, "autocast": args.autocast, "sdpa": args.sdpa, "command": args.command_line,
         "rows": summarize(args.config, records, matmul), "raw": {f"{i}/{m}": r for (i, m), r in records.items()},
     }

@@ -75,7 +75,8 @@ def trainer_fit(
 ) -> tuple[list[float], float]:
     timer = StepTimes(device)
     trainer = Trainer(
-        max_steps=len(batches), accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, logger=False, enable_checkpointing=False,
+        max_steps=len(batches), accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, logger=False,
+        enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
         gradient_clip_val=clip, callbacks=[timer],
     )

@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from perceiver_mt.model.kernels import attention_kernel, check_kernel, finite_or_zero, matmul_attention, query_groups
 
+
 def padding_to_attention_mask(pad_mask: torch.Tensor | None) -> torch.Tensor | None:
     """(B, K) bool, True = padding  ->  (B, 1, 1, K) bool, True = may attend (SDPA's convention)."""
     if pad_mask is None:
@@ -58,20 +59,18 @@ class MultiHeadAttention(nn.Module):
 
     def _project(self, x_q: torch.Tensor, x_kv: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """q, k, v with as few matrix products as the inputs allow: one wide GEMM beats two or three narrow ones."""
-        qk, v = self.to_k.out_features, self.to_v.out_features
-        kv_weight, kv_bias = self._kv_weight_and_bias()
         if x_q is x_kv:  # self-attention
-            weight, bias = torch.cat([self.to_q.weight, kv_weight]), torch.cat([self.to_q.bias, kv_bias])
+            qk, v = self.to_k.out_features, self.to_v.out_features
+            weight = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight])
+            bias = torch.cat([self.to_q.bias, self.to_k.bias, self.to_v.bias])
             return F.linear(x_q, weight, bias).split([qk, qk, v], dim=-1)
-        return (self.to_q(x_q), *F.linear(x_kv, kv_weight, kv_bias).split([qk, v], dim=-1))
-
-    def _kv_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """k and v projections as one (qk + v, Ckv) matrix: a copy of weights, not of activations."""
-        return torch.cat([self.to_k.weight, self.to_v.weight]), torch.cat([self.to_k.bias, self.to_v.bias])
+        return (self.to_q(x_q), *self._project_kv(x_kv))
 
     def _project_kv(self, x_kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        k, v = F.linear(x_kv, *self._kv_weight_and_bias()).split([self.to_k.out_features, self.to_v.out_features], -1)
-        return self._split_heads(k), self._split_heads(v)
+        """k and v in one GEMM: the concatenated (qk + v, Ckv) weight is a copy of weights, not of activations."""
+        weight = torch.cat([self.to_k.weight, self.to_v.weight])
+        bias = torch.cat([self.to_k.bias, self.to_v.bias])
+        return F.linear(x_kv, weight, bias).split([self.to_k.out_features, self.to_v.out_features], dim=-1)
 
     def forward_in_chunks(
         self,
@@ -108,7 +107,7 @@ class MultiHeadAttention(nn.Module):
         dropout: float,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention of scaled q to one chunk of keys: (output normalised within the chunk, log-sum-exp)."""
-        k, v = self._project_kv(kv_transform(x_kv))
+        k, v = (self._split_heads(t) for t in self._project_kv(kv_transform(x_kv)))
         scores = q @ k.transpose(-2, -1)  # (B, H, Q, chunk)
         if pad_mask is not None:
             scores = scores.masked_fill(pad_mask[:, None, None, :], float("-inf"))
