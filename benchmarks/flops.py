@@ -4,46 +4,54 @@ Only matrix products are counted (2 FLOPs per multiply-add): projections, the tw
 MLPs and heads. Norms, softmax and GELU are left out, as in the usual "model FLOPs" accounting, so the
 same number serves every implementation and an implementation doing extra work gets no credit for it.
 A training step is counted as 3x the forward (backward = 2x: gradients for inputs and for weights).
+
+`absorbed=True` counts what this project's model executes instead: its cross-attentions multiply the
+projections in the cheapest order (perceiver_mt/model/absorption.py), the same function in fewer FLOPs.
+Throughput ratios and "share of the matmul peak" figures use the nominal count, the same for everyone.
 """
 
 from __future__ import annotations
 
 from benchmarks.configs import ClassifierConfig, FlowConfig
+from perceiver_mt.model.absorption import PROJECTED, attention_plan, order_costs
 
 
 def linear(tokens: int, fan_in: int, fan_out: int) -> int:
     return 2 * tokens * fan_in * fan_out
 
 
-def attention(queries: int, keys: int, q_in: int, kv_in: int, qk: int, v: int, out: int) -> int:
-    """Projections plus QK^T and AV for one sample (heads only split channels, they add no FLOPs)."""
-    projections = linear(queries, q_in, qk) + linear(keys, kv_in, qk) + linear(keys, kv_in, v) + linear(queries, v, out)
-    return projections + 2 * queries * keys * qk + 2 * queries * keys * v
+def attention(queries: int, keys: int, q_in: int, kv_in: int, qk: int, v: int, out: int, absorbed: bool = False) -> int:
+    """Projections plus QK^T and AV for one sample, one head (heads only split channels, they add no FLOPs),
+    in the projected order or, with `absorbed`, in the order this project's model picks."""
+    shapes = (queries, keys, q_in, kv_in, qk, v, out, 1)
+    plan = attention_plan(*shapes) if absorbed else PROJECTED
+    scores, values = order_costs(*shapes)
+    return 2 * (scores[plan.scores] + values[plan.values])
 
 
 def mlp(tokens: int, channels: int, widening: int) -> int:
     return 2 * linear(tokens, channels, channels * widening)
 
 
-def classifier_forward_flops(c: ClassifierConfig) -> int:
+def classifier_forward_flops(c: ClassifierConfig, absorbed: bool = False) -> int:
     N, D, M, C = c.num_latents, c.latent_channels, c.inputs, c.input_channels
-    encoder_cross = attention(N, M, D, C, C, C, D) + mlp(N, D, c.widening)
+    encoder_cross = attention(N, M, D, C, C, C, D, absorbed) + mlp(N, D, c.widening)
     self_layer = attention(N, N, D, D, D, D, D) + mlp(N, D, c.widening)
-    decoder = attention(1, N, D, D, D, D, D) + mlp(1, D, 1) + linear(1, D, c.num_classes)
+    decoder = attention(1, N, D, D, D, D, D, absorbed) + mlp(1, D, 1) + linear(1, D, c.num_classes)
     return c.batch * (encoder_cross + c.self_layers * self_layer + decoder)
 
 
-def flow_forward_flops(c: FlowConfig) -> int:
+def flow_forward_flops(c: FlowConfig, absorbed: bool = False) -> int:
     N, D, M, C = c.num_latents, c.latent_channels, c.inputs, c.input_channels
     adapter = linear(M, 2 * c.patch_channels, c.patch_hidden)
-    encoder_cross = attention(N, M, D, C, C, C, D) + mlp(N, D, 1)
+    encoder_cross = attention(N, M, D, C, C, C, D, absorbed) + mlp(N, D, 1)
     self_layer = attention(N, N, D, D, D, D, D) + mlp(N, D, 1)
-    decoder = attention(M, N, C, D, D, D, C) + mlp(M, C, 1) + linear(M, C, 2)
+    decoder = attention(M, N, C, D, D, D, C, absorbed) + mlp(M, C, 1) + linear(M, C, 2)
     return c.batch * (adapter + encoder_cross + c.self_layers * self_layer + decoder)
 
 
-def forward_flops(c: ClassifierConfig | FlowConfig) -> int:
-    return flow_forward_flops(c) if isinstance(c, FlowConfig) else classifier_forward_flops(c)
+def forward_flops(c: ClassifierConfig | FlowConfig, absorbed: bool = False) -> int:
+    return flow_forward_flops(c, absorbed) if isinstance(c, FlowConfig) else classifier_forward_flops(c, absorbed)
 
 
 def step_flops(c: ClassifierConfig | FlowConfig, mode: str) -> int:

@@ -215,18 +215,24 @@ BUILDERS = {"ours": build_ours, "hf": build_hf, "krasserm": build_krasserm, "luc
 def build(implementation: str, config: ClassifierConfig | FlowConfig) -> Bench:
     """`implementation` is one of IMPLEMENTATIONS, optionally with options: "+ckpt" (activation
     checkpointing), and for ours "+chunk" (cross-attention over inputs in chunks, see `build_ours`),
-    "+compile" (torch.compile of the latent layers) and "+fused" / "+matmul" (every attention through
-    SDPA's fused kernels / through two GEMMs, instead of choosing per shape)."""
+    "+compile" (torch.compile of the latent layers), "+fused" / "+matmul" (every attention through
+    SDPA's fused kernels / through two GEMMs, instead of choosing per shape) and "+projected" (every
+    attention multiplies its projections in the order the other implementations use)."""
     name, *options = implementation.split("+")
-    ours_only = {"chunk", "compile", "fused", "matmul"}
+    ours_only = {"chunk", "compile", "fused", "matmul", "projected"}
     if (name not in BUILDERS or not set(options) <= {"ckpt"} | ours_only
             or (set(options) & ours_only and name != "ours") or {"fused", "matmul"} <= set(options)):
         raise ValueError(f"unknown implementation {implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}, "
-                         "optionally +ckpt, and for ours +chunk, +compile and +fused or +matmul")
+                         "optionally +ckpt, and for ours +chunk, +compile, +projected and +fused or +matmul")
     torch.manual_seed(0)
     extra = {"chunked": True} if "chunk" in options else {}
     bench = BUILDERS[name](config, checkpointing="ckpt" in options, **extra)
     bench.attention_kernel = next((o for o in options if o in ("fused", "matmul")), "auto")
+    if "projected" in options:
+        from perceiver_mt.model.absorption import PROJECTED
+        from perceiver_mt.model.attention import pin_attention_plan
+
+        pin_attention_plan(bench.model, PROJECTED)
     if "compile" in options:
         from perceiver_mt.model import compile_latent_blocks
 

@@ -7,11 +7,14 @@ kernel is slow on a GPU: there it is two GEMMs and a softmax. Shapes: B batch, Q
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from perceiver_mt.model.absorption import PROJECTED, AttentionPlan, attention_plan
 from perceiver_mt.model.kernels import attention_kernel, check_kernel, finite_or_zero, matmul_attention, query_groups
 
 
@@ -22,10 +25,20 @@ def padding_to_attention_mask(pad_mask: torch.Tensor | None) -> torch.Tensor | N
     return (~pad_mask)[:, None, None, :]
 
 
+class KeysValues(NamedTuple):
+    """Keys (B, H, K, Cqk') and values (B, H, K, Cv') prepared once for any number of query chunks, in `plan`'s order."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    plan: AttentionPlan
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention whose queries and keys/values may have different channel counts.
 
     `qk_channels` and `v_channels` are the total widths over all heads; each must divide by `num_heads`.
+    A cross-attention multiplies its projections in the order with the fewest FLOPs for its shapes
+    (`absorption.attention_plan`): the same function of the same parameters.
     """
 
     def __init__(
@@ -48,29 +61,114 @@ class MultiHeadAttention(nn.Module):
         self.num_heads = num_heads
         self.dropout = dropout
         self.kernel = "auto"  # or "fused" / "matmul": see kernels.attention_kernel and set_attention_kernel
+        self.plan: AttentionPlan | None = None  # None = the cheapest order for the shapes; set to pin one
         self.to_q = nn.Linear(q_channels, qk_channels)
         self.to_k = nn.Linear(kv_channels, qk_channels)
         self.to_v = nn.Linear(kv_channels, v_channels)
         self.to_out = nn.Linear(v_channels, out_channels)
 
+    def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x_q: (B, Q, Cq), x_kv: (B, K, Ckv), pad_mask: (B, K) True = ignore this key  ->  (B, Q, Cout)."""
+        if x_q is x_kv:  # self-attention: one GEMM for q, k and v; absorbing never pays at equal widths
+            qk, v = self.to_k.out_features, self.to_v.out_features
+            weight = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight])
+            bias = torch.cat([self.to_q.bias, self.to_k.bias, self.to_v.bias])
+            q, k, v = (self._split_heads(t) for t in F.linear(x_q, weight, bias).split([qk, qk, v], dim=-1))
+            return self._outputs(self._attend(q, k, v, pad_mask), PROJECTED)
+        return self.attend(x_q, self.keys_values(x_kv, x_q.shape[1]), pad_mask)
+
+    def keys_values(self, x_kv: torch.Tensor, num_queries: int) -> KeysValues:
+        """Keys and values of x_kv (B, K, Ckv) for `num_queries` queries in all (which decides the plan)."""
+        plan = self.plan_for(num_queries, x_kv.shape[1])
+        return KeysValues(*self._keys_values(x_kv, plan), plan)
+
+    def attend(self, x_q: torch.Tensor, kv: KeysValues, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x_q: (B, Q, Cq) attending to prepared keys/values  ->  (B, Q, Cout)."""
+        return self._outputs(self._attend(self._queries(x_q, kv.plan), kv.k, kv.v, pad_mask), kv.plan)
+
+    def plan_for(self, num_queries: int, num_keys: int) -> AttentionPlan:
+        if self.plan is not None:
+            return self.plan
+        if self.dropout and self.training:
+            return PROJECTED  # dropped-out probabilities no longer sum to one, which absorbing the biases needs
+        return attention_plan(
+            num_queries, num_keys, self.to_q.in_features, self.to_k.in_features, self.to_q.out_features,
+            self.to_v.out_features, self.to_out.out_features, self.num_heads,
+        )
+
+    @property
+    def _scale(self) -> float:
+        return (self.to_q.out_features // self.num_heads) ** -0.5  # the projected head width, whatever the order
+
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         return x.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)  # (B, H, T, C/H)
 
-    def _project(self, x_q: torch.Tensor, x_kv: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """q, k, v with as few matrix products as the inputs allow: one wide GEMM beats two or three narrow ones."""
-        if x_q is x_kv:  # self-attention
-            qk, v = self.to_k.out_features, self.to_v.out_features
-            weight = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight])
-            bias = torch.cat([self.to_q.bias, self.to_k.bias, self.to_v.bias])
-            return F.linear(x_q, weight, bias).split([qk, qk, v], dim=-1)
-        return (self.to_q(x_q), *self._project_kv(x_kv))
+    def _per_head(self, linear: nn.Linear) -> torch.Tensor:
+        """A projection's weight as (H, C/H, fan_in): head h's rows."""
+        return linear.weight.view(self.num_heads, -1, linear.in_features)
+
+    def _queries(self, x_q: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:
+        B, Q, _ = x_q.shape
+        if plan.scores == "absorb_queries":  # the constant channel carries q's bias into the keys
+            q = torch.cat([x_q, x_q.new_ones(B, Q, 1)], dim=-1)
+            return q[:, None].expand(B, self.num_heads, Q, -1)  # (B, H, Q, Cq + 1): one copy for all heads
+        q = self._split_heads(self.to_q(x_q))  # (B, H, Q, Cqk/H)
+        if plan.scores == "absorb_keys":
+            # k's bias shifts every score of a query alike, which softmax ignores: its gradient is zero in any
+            # order. It joins the graph with weight zero so DDP, which needs every parameter used, sees it.
+            q = q @ self._per_head(self.to_k) + 0.0 * self.to_k.bias.sum()  # (B, H, Q, Ckv)
+        return q
+
+    def _keys_values(self, x_kv: torch.Tensor, plan: AttentionPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        B, K, _ = x_kv.shape
+        inputs = x_kv[:, None].expand(B, self.num_heads, K, -1)  # (B, H, K, Ckv): one copy for all heads
+        project_k, project_v = plan.scores != "absorb_keys", plan.values != "absorb_values"
+        if project_k and project_v:
+            k, v = (self._split_heads(t) for t in self._project_kv(x_kv))
+        else:
+            k = self._split_heads(self.to_k(x_kv)) if project_k else inputs
+            v = self._split_heads(self.to_v(x_kv)) if project_v else inputs
+        if plan.scores == "absorb_queries":
+            q_weight, q_bias = self._per_head(self.to_q), self.to_q.bias.view(self.num_heads, -1, 1)
+            k = torch.cat([k @ q_weight, k @ q_bias], dim=-1)  # (B, H, K, Cq + 1)
+        if plan.values == "absorb_outputs":
+            out_weight = self.to_out.weight.view(self.to_out.out_features, self.num_heads, -1).permute(1, 2, 0)
+            v = v @ out_weight  # (B, H, K, Cout): head h's share of the output projection
+        return k, v
 
     def _project_kv(self, x_kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """k and v in one GEMM: the concatenated (qk + v, Ckv) weight is a copy of weights, not of activations."""
         weight = torch.cat([self.to_k.weight, self.to_v.weight])
         bias = torch.cat([self.to_k.bias, self.to_v.bias])
         return F.linear(x_kv, weight, bias).split([self.to_k.out_features, self.to_v.out_features], dim=-1)
+
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """(B, H, Q, Cqk'), (B, H, K, Cqk'), (B, H, K, Cv')  ->  (B, H, Q, Cv')."""
+        B, H, Q, _ = q.shape
+        groups = query_groups(q, k)
+        if groups > 1:  # query blocks become extra heads; each sees every key, so results are unchanged
+            q = q.reshape(B, H * groups, Q // groups, -1)
+            k, v = (t.unsqueeze(2).expand(B, H, groups, *t.shape[2:]).flatten(1, 2) for t in (k, v))
+        attend = matmul_attention if attention_kernel(q, k, self.kernel) == "matmul" else F.scaled_dot_product_attention
+        out = attend(
+            q, k, v,
+            attn_mask=padding_to_attention_mask(pad_mask),
+            dropout_p=self.dropout if self.training else 0.0,
+            scale=self._scale,
+        )  # (B, H * groups, Q / groups, Cv')
+        return out.reshape(B, H, Q, -1)
+
+    def _outputs(self, out: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:
+        """(B, H, Q, Cv') in `plan`'s order  ->  (B, Q, Cout)."""
+        B, H, Q, _ = out.shape
+        if plan.values == "absorb_outputs":
+            return out.sum(dim=1) + self.to_out.bias  # every head's values already carry its output projection
+        if plan.values == "absorb_values":  # probabilities sum to one, so v's bias passes through unchanged
+            out = out @ self._per_head(self.to_v).transpose(1, 2) + self.to_v.bias.view(H, 1, -1)  # (B, H, Q, Cv/H)
+        return self.to_out(out.transpose(1, 2).reshape(B, Q, -1))
 
     def forward_in_chunks(
         self,
@@ -86,51 +184,34 @@ class MultiHeadAttention(nn.Module):
         holds one chunk's worth of them rather than all: the way to cross-attend to inputs whose keys
         and values would not fit in memory. Chunks are combined exactly through their log-sum-exps.
         """
-        q = self._split_heads(self.to_q(x_q)) * (self.to_q.out_features // self.num_heads) ** -0.5
+        plan = self.plan_for(x_q.shape[1], x_kv.shape[1])
+        q = self._queries(x_q, plan) * self._scale
         dropout = self.dropout if self.training else 0.0
         outs, lses = [], []
         for start in range(0, x_kv.shape[1], chunk_size):
             chunk = x_kv[:, start:start + chunk_size]
             mask = None if pad_mask is None else pad_mask[:, start:start + chunk_size]
-            args = (q, chunk, kv_transform, mask, dropout)
+            args = (q, chunk, kv_transform, mask, dropout, plan)
             out, lse = (checkpoint(self._attend_chunk, *args, use_reentrant=False) if torch.is_grad_enabled()
                         else self._attend_chunk(*args))
             outs.append(out)
             lses.append(lse)
         lse = finite_or_zero(torch.stack(lses).logsumexp(dim=0))  # (B, H, Q)
-        out = sum(o * (l - lse).exp().unsqueeze(-1) for o, l in zip(outs, lses))  # (B, H, Q, Cv/H)
-        B, H, Q, _ = out.shape
-        return self.to_out(out.transpose(1, 2).reshape(B, Q, -1))
+        out = sum(o * (l - lse).exp().unsqueeze(-1) for o, l in zip(outs, lses))  # (B, H, Q, Cv')
+        return self._outputs(out, plan)
 
     def _attend_chunk(
         self, q: torch.Tensor, x_kv: torch.Tensor, kv_transform: nn.Module, pad_mask: torch.Tensor | None,
-        dropout: float,
+        dropout: float, plan: AttentionPlan,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention of scaled q to one chunk of keys: (output normalised within the chunk, log-sum-exp)."""
-        k, v = (self._split_heads(t) for t in self._project_kv(kv_transform(x_kv)))
+        k, v = self._keys_values(kv_transform(x_kv), plan)
         scores = q @ k.transpose(-2, -1)  # (B, H, Q, chunk)
         if pad_mask is not None:
             scores = scores.masked_fill(pad_mask[:, None, None, :], float("-inf"))
         lse = scores.logsumexp(dim=-1)  # -inf where the whole chunk is padding: its weight below is 0
         probs = (scores - finite_or_zero(lse).unsqueeze(-1)).exp()
         return F.dropout(probs, dropout) @ v if dropout else probs @ v, lse
-
-    def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x_q: (B, Q, Cq), x_kv: (B, K, Ckv), pad_mask: (B, K) True = ignore this key  ->  (B, Q, Cout)."""
-        q, k, v = (self._split_heads(t) for t in self._project(x_q, x_kv))
-        B, H, Q, _ = q.shape
-        groups = query_groups(q, k)
-        if groups > 1:  # query blocks become extra heads; each sees every key, so results are unchanged
-            q = q.reshape(B, H * groups, Q // groups, -1)
-            k, v = (t.unsqueeze(2).expand(B, H, groups, *t.shape[2:]).flatten(1, 2) for t in (k, v))
-        attend = matmul_attention if attention_kernel(q, k, self.kernel) == "matmul" else F.scaled_dot_product_attention
-        out = attend(
-            q, k, v,
-            attn_mask=padding_to_attention_mask(pad_mask),
-            dropout_p=self.dropout if self.training else 0.0,
-        )  # (B, H * groups, Q / groups, Cv/H)
-        out = out.reshape(B, H, Q, -1)  # (B, H, Q, Cv/H)
-        return self.to_out(out.transpose(1, 2).reshape(B, Q, -1))
 
 
 def set_attention_kernel(module: nn.Module, kernel: str) -> None:
@@ -140,6 +221,14 @@ def set_attention_kernel(module: nn.Module, kernel: str) -> None:
     for attention in module.modules():
         if isinstance(attention, MultiHeadAttention):
             attention.kernel = kernel
+
+
+def pin_attention_plan(module: nn.Module, plan: AttentionPlan | None) -> None:
+    """Every attention inside `module` multiplies its projections in `plan`'s order (`absorption.PROJECTED`:
+    as the reference implementations do); None restores the cheapest order per shape."""
+    for attention in module.modules():
+        if isinstance(attention, MultiHeadAttention):
+            attention.plan = plan
 
 
 class MLP(nn.Module):
@@ -194,8 +283,17 @@ class CrossAttentionLayer(nn.Module):
         if self.kv_chunk_size is not None and x_kv.shape[1] > self.kv_chunk_size:
             attended = self.attention.forward_in_chunks(self.q_norm(x_q), x_kv, self.kv_norm, self.kv_chunk_size,
                                                         pad_mask)
-        else:
-            attended = self.attention(self.q_norm(x_q), self.kv_norm(x_kv), pad_mask)
+            return self._finish(x_q, attended)
+        return self.attend(x_q, self.keys_values(x_kv, x_q.shape[1]), pad_mask)
+
+    def keys_values(self, x_kv: torch.Tensor, num_queries: int) -> KeysValues:
+        """The keys and values of x_kv, computed once for `num_queries` queries attending in any number of calls."""
+        return self.attention.keys_values(self.kv_norm(x_kv), num_queries)
+
+    def attend(self, x_q: torch.Tensor, kv: KeysValues, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self._finish(x_q, self.attention.attend(self.q_norm(x_q), kv, pad_mask))
+
+    def _finish(self, x_q: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         x = x_q + attended if self.query_residual else attended
         return x + self.mlp(x)
 

@@ -29,9 +29,10 @@ def finite_or_zero(x: torch.Tensor) -> torch.Tensor:
 
 def matmul_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
+    scale: float | None = None,
 ) -> torch.Tensor:
     """Attention as two matrix products and a softmax, with SDPA's signature and conventions."""
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, Q, K)
+    scores = (q * (q.shape[-1] ** -0.5 if scale is None else scale)) @ k.transpose(-2, -1)  # (B, H, Q, K)
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask, float("-inf"))
     probs = F.dropout(scores.softmax(dim=-1), dropout_p) if dropout_p else scores.softmax(dim=-1)

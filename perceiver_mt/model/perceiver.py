@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from perceiver_mt.model.attention import CrossAttentionLayer, SelfAttentionLayer, set_attention_kernel
+from perceiver_mt.model.attention import CrossAttentionLayer, KeysValues, SelfAttentionLayer, set_attention_kernel
 from perceiver_mt.model.init import fan_in_init_
 
 
@@ -145,14 +145,15 @@ class PerceiverDecoder(nn.Module):
         the (B, O, Cq) decoder features of all queries at once; such a head must map queries independently.
         """
         chunk = self.config.query_chunk_size or queries.shape[1]
-        # Queries are independent of each other, so chunking changes memory, not results. Without
-        # checkpointing, autograd still keeps every chunk's activations; the two go together for
-        # per-pixel outputs whose (O x D) activations would not fit at once.
-        outputs = [self._call(part, latents, head) for part in queries.split(chunk, dim=1)]
+        # Keys and values once for all queries; queries are independent of each other, so chunking changes
+        # memory, not results. Without checkpointing, autograd still keeps every chunk's activations; the
+        # two go together for per-pixel outputs whose (O x D) activations would not fit at once.
+        kv = self.cross_attention.keys_values(latents, queries.shape[1])
+        outputs = [self._call(part, kv, head) for part in queries.split(chunk, dim=1)]
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
 
-    def _decode(self, queries: torch.Tensor, latents: torch.Tensor, head: nn.Module | None) -> torch.Tensor:
-        decoded = self.cross_attention(queries, latents)
+    def _decode(self, queries: torch.Tensor, kv: KeysValues, head: nn.Module | None) -> torch.Tensor:
+        decoded = self.cross_attention.attend(queries, kv)
         if head is None:
             return decoded
         # The head computes in its own parameters' precision, which FSDP mixed precision may keep
@@ -160,7 +161,7 @@ class PerceiverDecoder(nn.Module):
         weight = next(head.parameters(), None)
         return head(decoded if weight is None else decoded.to(weight.dtype))
 
-    def _call(self, queries: torch.Tensor, latents: torch.Tensor, head: nn.Module | None) -> torch.Tensor:
+    def _call(self, queries: torch.Tensor, kv: KeysValues, head: nn.Module | None) -> torch.Tensor:
         if self.config.activation_checkpointing and torch.is_grad_enabled():
-            return checkpoint(self._decode, queries, latents, head, use_reentrant=False)
-        return self._decode(queries, latents, head)
+            return checkpoint(self._decode, queries, kv, head, use_reentrant=False)
+        return self._decode(queries, kv, head)
