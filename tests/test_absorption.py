@@ -85,3 +85,24 @@ def test_chunked_decoding_prepares_keys_and_values_once():
     torch.testing.assert_close(decoder(queries, latents), whole(queries, latents))
     assert calls == [23]  # once, for all 23 queries, not once per chunk of 5
     assert attention.plan_for(23, 4) == AttentionPlan("absorb_queries", "absorb_outputs")
+
+
+def graph_names(tensor: torch.Tensor) -> set[str]:
+    names, stack, seen = set(), [tensor.grad_fn], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.add(fn.name())
+        stack.extend(next_fn for next_fn, _ in fn.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("plan", PLANS, ids=lambda p: f"{p.scores}-{p.values}")
+def test_every_order_keeps_cpu_flash_attention(plan):
+    """CPU flash attention needs equal q/k and v widths (else scores are materialised); orders change widths."""
+    attention = MultiHeadAttention(q_channels=5, kv_channels=4, qk_channels=12, v_channels=18, out_channels=7)
+    attention.plan = plan
+    out = attention(torch.randn(2, 64, 5, requires_grad=True), torch.randn(2, 9, 4))
+    assert "ScaledDotProductFlashAttentionForCpuBackward0" in graph_names(out)

@@ -25,6 +25,20 @@ def padding_to_attention_mask(pad_mask: torch.Tensor | None) -> torch.Tensor | N
     return (~pad_mask)[:, None, None, :]
 
 
+def equal_head_widths(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Zero channels appended to the narrower of (q, k) and v: PyTorch's CPU flash attention takes only equal
+    widths and otherwise falls back to a kernel that materialises every score. Zero channels change no
+    score, and zero value channels only add output channels to drop; the caller keeps v's width."""
+    extra = q.shape[-1] - v.shape[-1]
+    if extra > 0:
+        return q, k, F.pad(v, (0, extra))
+    if extra < 0:
+        return F.pad(q, (0, -extra)), F.pad(k, (0, -extra)), v
+    return q, k, v
+
+
 class KeysValues(NamedTuple):
     """Keys (B, H, K, Cqk') and values (B, H, K, Cv') prepared once for any number of query chunks, in `plan`'s order."""
 
@@ -153,13 +167,16 @@ class MultiHeadAttention(nn.Module):
             q = q.reshape(B, H * groups, Q // groups, -1)
             k, v = (t.unsqueeze(2).expand(B, H, groups, *t.shape[2:]).flatten(1, 2) for t in (k, v))
         attend = matmul_attention if attention_kernel(q, k, self.kernel) == "matmul" else F.scaled_dot_product_attention
+        width = v.shape[-1]
+        if attend is F.scaled_dot_product_attention and q.device.type == "cpu":
+            q, k, v = equal_head_widths(q, k, v)
         out = attend(
             q, k, v,
             attn_mask=padding_to_attention_mask(pad_mask),
             dropout_p=self.dropout if self.training else 0.0,
             scale=self._scale,
         )  # (B, H * groups, Q / groups, Cv')
-        return out.reshape(B, H, Q, -1)
+        return out[..., :width].reshape(B, H, Q, -1)
 
     def _outputs(self, out: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:
         """(B, H, Q, Cv') in `plan`'s order  ->  (B, Q, Cout)."""
