@@ -47,6 +47,9 @@ def machine() -> dict:
         "python": platform.python_version(), "load_average": os.getloadavg(), "versions": versions,
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        # glibc's malloc tuning, inherited by every measurement process alike: a fixed mmap threshold stops the
+        # heap from keeping freed buffers, so peak RSS is what the process held rather than what malloc cached
+        "malloc": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
     }
 
 
