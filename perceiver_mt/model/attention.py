@@ -2,7 +2,8 @@
 
 Attention goes through `F.scaled_dot_product_attention`, so PyTorch picks the fastest fused kernel
 (flash / memory-efficient / math) for the device, except where `kernels.attention_kernel` knows a fused
-kernel is slow on a GPU: there it is two GEMMs and a softmax. Shapes: B batch, Q queries, K keys, H heads.
+kernel is slow on a GPU: there it is two GEMMs and a softmax. A cross-attention multiplies its projection
+weights on whichever side is narrower (`absorption.py`). Shapes: B batch, Q queries, K keys, H heads.
 """
 
 from __future__ import annotations
