@@ -5,8 +5,8 @@ MLPs and heads. Norms, softmax and GELU are left out, as in the usual "model FLO
 same number serves every implementation and an implementation doing extra work gets no credit for it.
 A training step is counted as 3x the forward (backward = 2x: gradients for inputs and for weights).
 
-`absorbed=True` counts what this project's model executes instead: its cross-attentions multiply the
-projections in the cheapest order (perceiver_mt/model/absorption.py), the same function in fewer FLOPs.
+`absorbed=True` counts what this project's model executes on a CPU instead: its cross-attentions multiply
+the projections in the cheapest order (perceiver_mt/model/absorption.py), the same function in fewer FLOPs.
 Throughput ratios and "share of the matmul peak" figures use the nominal count, the same for everyone.
 """
 
@@ -26,7 +26,11 @@ def attention(queries: int, keys: int, q_in: int, kv_in: int, qk: int, v: int, o
     shapes = (queries, keys, q_in, kv_in, qk, v, out, 1)
     plan = attention_plan(*shapes) if absorbed else PROJECTED
     scores, values = order_costs(*shapes)
-    return 2 * (scores[plan.scores] + values[plan.values])
+    # CPU flash attention needs equal q/k and v widths, so the narrower product is padded with zero channels
+    score_width = {"project": qk, "absorb_keys": kv_in, "absorb_queries": q_in + 1}[plan.scores]
+    value_width = {"project": v, "absorb_values": kv_in, "absorb_outputs": out}[plan.values]
+    padding = queries * keys * abs(score_width - value_width)
+    return 2 * (scores[plan.scores] + values[plan.values] + padding)
 
 
 def mlp(tokens: int, channels: int, widening: int) -> int:
