@@ -50,6 +50,19 @@ def test_every_projection_order_is_the_same_attention(plan, num_heads, kernel):
         torch.testing.assert_close(c, e, msg=name)
 
 
+def test_every_order_runs_under_bf16_autocast_like_the_projected_one():
+    torch.manual_seed(0)
+    attention = MultiHeadAttention(q_channels=5, kv_channels=4, qk_channels=12, v_channels=18, out_channels=7)
+    x_q, x_kv = torch.randn(2, 64, 5), torch.randn(2, 9, 4)
+    expected = attention(x_q, x_kv)
+    for plan in PLANS:
+        attention.plan = plan
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = attention(x_q, x_kv)
+        assert got.dtype == torch.bfloat16, plan
+        torch.testing.assert_close(got.float(), expected, atol=0.05, rtol=0.05, msg=str(plan))
+
+
 def test_the_cheapest_order_is_chosen_where_it_saves_flops():
     # DeepMind's optical flow network: 182,528 pixels of 322 channels, 2,048 latents of 512
     encoder_cross = attention_plan(2048, 182_528, 512, 322, 322, 322, 512, heads=1)

@@ -183,7 +183,8 @@ class MultiHeadAttention(nn.Module):
         """(B, H, Q, Cv') in `plan`'s order  ->  (B, Q, Cout)."""
         B, H, Q, _ = out.shape
         if plan.values == "absorb_outputs":
-            return out.sum(dim=1) + self.to_out.bias  # every head's values already carry its output projection
+            # every head's values already carry its output projection; the bias in out's dtype, as autocast's linear does
+            return out.sum(dim=1) + self.to_out.bias.to(out.dtype)
         if plan.values == "absorb_values":  # probabilities sum to one, so v's bias passes through unchanged
             out = out @ self._per_head(self.to_v).transpose(1, 2) + self.to_v.bias.view(H, 1, -1)  # (B, H, Q, Cv/H)
         return self.to_out(out.transpose(1, 2).reshape(B, Q, -1))
