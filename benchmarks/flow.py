@@ -48,7 +48,7 @@ class OpticalFlowPerceiver(nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         B, T, P, H, W = frames.shape
         patches = frames.permute(0, 3, 4, 1, 2).reshape(B, H * W, T * P)  # (B, M, 54), row-major pixels
-        tokens = torch.cat([self.project(patches), self.position(B)], dim=-1)  # (B, M, 322)
+        tokens = self.position.grid_tokens(self.project(patches))  # (B, M, 64 + 258), positions kept per axis
         latents = self.encoder(tokens)  # (B, N, D)
         flow = self.decoder(tokens, latents, head=self.head) / FLOW_SCALE  # (B, M, 2): queries = the input tokens
         return flow.view(B, H, W, 2)

@@ -54,6 +54,6 @@ def test_learned_position_encoding_is_trainable():
 def test_uncached_fourier_features_are_the_cached_ones_and_follow_the_module():
     cached = FourierPositionEncoding((5, 7), 4)
     uncached = FourierPositionEncoding((5, 7), 4, cached=False)
-    assert uncached.num_channels == cached.num_channels and not hasattr(uncached, "features")
+    assert uncached.num_channels == cached.num_channels and uncached.features.numel() == 0
     assert torch.equal(uncached(3), cached(3)) and uncached(3).shape == (3, 35, cached.num_channels)
     assert uncached.double()(1).dtype == torch.float64  # the stored positions move with the module

@@ -1,5 +1,6 @@
 """Perceiver IO in pure PyTorch."""
 
+from perceiver_mt.model.grid_tokens import GridTokens
 from perceiver_mt.model.multitask import MultiTaskPerceiver, TaskModel
 from perceiver_mt.model.perceiver import (
     DecoderConfig,
@@ -17,7 +18,7 @@ from perceiver_mt.model.position import (
 )
 
 __all__ = [
-    "DecoderConfig", "EncoderConfig", "FourierPositionEncoding", "LearnedPositionEncoding", "MultiTaskPerceiver",
+    "DecoderConfig", "EncoderConfig", "FourierPositionEncoding", "GridTokens", "LearnedPositionEncoding", "MultiTaskPerceiver",
     "PerceiverDecoder", "PerceiverEncoder", "TaskModel", "compile_latent_blocks", "fourier_channels",
     "fourier_features", "linear_positions",
 ]

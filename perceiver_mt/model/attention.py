@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from perceiver_mt.model import grid_attention
 from perceiver_mt.model.absorption import PROJECTED, AttentionPlan, attention_plan
+from perceiver_mt.model.grid_tokens import GridTokens
 from perceiver_mt.model.kernels import attention_kernel, check_kernel, finite_or_zero, matmul_attention, query_groups
 
 
@@ -38,6 +40,10 @@ def equal_head_widths(
     if extra < 0:
         return F.pad(q, (0, -extra)), F.pad(k, (0, -extra)), v
     return q, k, v
+
+
+# Latents attend to GridTokens per axis (grid_attention.py) when their plan attends to the inputs themselves.
+GRID_KEYS = AttentionPlan("absorb_keys", "absorb_values")
 
 
 class KeysValues(NamedTuple):
@@ -98,6 +104,15 @@ class MultiHeadAttention(nn.Module):
         """x_q: (B, Q, Cq) attending to prepared keys/values  ->  (B, Q, Cout)."""
         return self._outputs(self._attend(self._queries(x_q, kv.plan), kv.k, kv.v, pad_mask), kv.plan)
 
+    def attend_to_grid(self, x_q: torch.Tensor, tokens: GridTokens, norm: nn.LayerNorm) -> torch.Tensor:
+        """`attend(x_q, keys_values(norm(tokens)))` in the GRID_KEYS order, the grid left unexpanded."""
+        q = self._queries(x_q, GRID_KEYS)  # (B, H, Q, Ckv)
+        return self._outputs(grid_attention.queries_attend_to_grid(q, tokens, norm, self._scale), GRID_KEYS)
+
+    def grid_attend(self, tokens: GridTokens, norm: nn.LayerNorm, kv: KeysValues) -> torch.Tensor:
+        """`attend(norm(tokens), kv)` for keys prepared in a queries-absorbed plan, the grid left unexpanded."""
+        return self._outputs(grid_attention.grid_attends_to_keys(tokens, norm, kv.k, kv.v, self._scale), kv.plan)
+
     def plan_for(self, num_queries: int, num_keys: int) -> AttentionPlan:
         if self.plan is not None:
             return self.plan
@@ -147,6 +162,10 @@ class MultiHeadAttention(nn.Module):
         if plan.values == "absorb_outputs":
             out_weight = self.to_out.weight.view(self.to_out.out_features, self.num_heads, -1).permute(1, 2, 0)
             v = v @ out_weight  # (B, H, K, Cout): head h's share of the output projection
+            # Probabilities sum to one, so the output bias rides on the first head's values: no pass over the
+            # (B, Q, Cout) outputs to add it. In v's dtype, as autocast's linear adds its bias.
+            first_head = F.pad(self.to_out.bias[None, None], (0, 0, 0, 0, 0, self.num_heads - 1))  # (H, 1, Cout)
+            v = v + first_head.to(v.dtype)
         return k, v
 
     @staticmethod
@@ -181,9 +200,8 @@ class MultiHeadAttention(nn.Module):
     def _outputs(self, out: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:
         """(B, H, Q, Cv') in `plan`'s order  ->  (B, Q, Cout)."""
         B, H, Q, _ = out.shape
-        if plan.values == "absorb_outputs":
-            # every head's values already carry its output projection; the bias in out's dtype, as autocast's linear does
-            return out.sum(dim=1) + self.to_out.bias.to(out.dtype)
+        if plan.values == "absorb_outputs":  # every head's values already carry its output projection and bias
+            return out[:, 0] if H == 1 else out.sum(dim=1)
         if plan.values == "absorb_values":  # probabilities sum to one, so v's bias passes through unchanged
             out = out @ self._per_head(self.to_v).transpose(1, 2) + self.to_v.bias.view(H, 1, -1)  # (B, H, Q, Cv/H)
         return self.to_out(out.transpose(1, 2).reshape(B, Q, -1))
@@ -249,6 +267,10 @@ def pin_attention_plan(module: nn.Module, plan: AttentionPlan | None) -> None:
             attention.plan = plan
 
 
+def materialized(x: torch.Tensor | GridTokens) -> torch.Tensor:
+    return x.materialize() if isinstance(x, GridTokens) else x
+
+
 class MLP(nn.Module):
     """Pre-norm feed-forward block: LayerNorm, widen, GELU, project back."""
 
@@ -297,7 +319,13 @@ class CrossAttentionLayer(nn.Module):
         self.query_residual = query_residual
         self.mlp = MLP(q_channels, widening_factor, dropout)
 
-    def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x_q: torch.Tensor, x_kv: torch.Tensor | GridTokens, pad_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if (pad_mask is None and self._grid_path(x_kv)
+                and self.attention.plan_for(x_q.shape[1], x_kv.shape[1]) == GRID_KEYS):
+            return self._finish(x_q, self.attention.attend_to_grid(self.q_norm(x_q), x_kv, self.kv_norm))
+        x_kv = materialized(x_kv)
         if self.kv_chunk_size is not None and x_kv.shape[1] > self.kv_chunk_size:
             attended = self.attention.forward_in_chunks(self.q_norm(x_q), x_kv, self.kv_norm, self.kv_chunk_size,
                                                         pad_mask)
@@ -308,11 +336,19 @@ class CrossAttentionLayer(nn.Module):
         """The keys and values of x_kv, computed once for `num_queries` queries attending in any number of calls."""
         return self.attention.keys_values(self.kv_norm(x_kv), num_queries)
 
-    def attend(self, x_q: torch.Tensor, kv: KeysValues, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self._finish(x_q, self.attention.attend(self.q_norm(x_q), kv, pad_mask))
+    def attend(
+        self, x_q: torch.Tensor | GridTokens, kv: KeysValues, pad_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if pad_mask is None and kv.plan.scores == "absorb_queries" and self._grid_path(x_q):
+            return self._finish(x_q, self.attention.grid_attend(x_q, self.q_norm, kv))
+        return self._finish(x_q, self.attention.attend(self.q_norm(materialized(x_q)), kv, pad_mask))
 
-    def _finish(self, x_q: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-        x = x_q + attended if self.query_residual else attended
+    def _grid_path(self, tokens: torch.Tensor | GridTokens) -> bool:
+        dropping = self.training and self.attention.dropout > 0
+        return not dropping and grid_attention.applies(tokens, self)
+
+    def _finish(self, x_q: torch.Tensor | GridTokens, attended: torch.Tensor) -> torch.Tensor:
+        x = materialized(x_q) + attended if self.query_residual else attended
         return x + self.mlp(x)
 
 

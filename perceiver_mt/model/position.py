@@ -13,6 +13,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from perceiver_mt.model.grid_tokens import GridTokens, grid_positions
+
 
 def linear_positions(index_dims: Sequence[int], output_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
     """Grid positions of an array of shape `index_dims`  ->  (prod(index_dims), len(index_dims))."""
@@ -50,12 +52,19 @@ def fourier_channels(num_dims: int, num_bands: int, concat_pos: bool = True, sin
     return num_dims * (num_bands * (1 if sine_only else 2) + (1 if concat_pos else 0))
 
 
+def fourier_channel_axes(num_dims: int, num_bands: int, concat_pos: bool = True, sine_only: bool = False) -> torch.Tensor:
+    """The one axis each channel of `fourier_features` depends on: (channels,)."""
+    bands = torch.arange(num_dims).repeat_interleave(num_bands)  # dim-major, as the features
+    parts = [bands] if sine_only else [bands, bands]
+    return torch.cat([torch.arange(num_dims), *parts] if concat_pos else parts)
+
+
 class FourierPositionEncoding(nn.Module):
     """Fixed Fourier features of a full grid of shape `index_dims`, kept as a non-trainable buffer.
 
-    `cached=False` recomputes them at every forward instead: for grids of 100k+ points, whose feature
-    table (188 MB for a 368 x 496 image at 64 bands) would otherwise stay resident beside training's
-    peak, at the cost of a few hundred milliseconds of sin/cos per forward.
+    `cached=False` recomputes them at every forward instead, per axis (`axis_tables`) and summed on the grid:
+    for grids of 100k+ points, whose feature table (188 MB for a 368 x 496 image at 64 bands) would
+    otherwise stay resident beside training's peak. `grid_tokens` keeps them per axis for GridTokens.
     """
 
     def __init__(
@@ -71,18 +80,40 @@ class FourierPositionEncoding(nn.Module):
         self.feature_options = dict(num_bands=num_bands, max_resolution=tuple(max_resolution or index_dims),
                                     concat_pos=concat_pos, sine_only=sine_only)
         self._num_channels = fourier_channels(len(index_dims), num_bands, concat_pos, sine_only)
-        positions = linear_positions(index_dims)
+        self.index_dims = tuple(index_dims)
         self.cached = cached
-        stored = fourier_features(positions, **self.feature_options) if cached else positions
-        self.register_buffer("features" if cached else "positions", stored, persistent=False)
+        # Uncached, the buffer stays empty: it only follows the module's device.
+        stored = fourier_features(linear_positions(index_dims), **self.feature_options) if cached else torch.empty(0)
+        self.register_buffer("features", stored, persistent=False)
 
     @property
     def num_channels(self) -> int:
         return self._num_channels
 
     def forward(self, batch_size: int) -> torch.Tensor:
-        features = self.features if self.cached else fourier_features(self.positions, **self.feature_options)
+        features = self.features if self.cached else grid_positions(self.axis_tables())
         return features.expand(batch_size, -1, -1)  # (B, M, C)
+
+    def axis_tables(self) -> tuple[torch.Tensor, ...]:
+        """One (index_dims[a], C) table per axis whose sum on the grid is the features (GridTokens' form).
+
+        Each channel depends on one axis (its position, or a sine/cosine of it), so table a holds axis a's
+        channels, computed exactly as for the whole grid, and zeros elsewhere.
+        """
+        D = len(self.index_dims)
+        options = self.feature_options
+        owners = fourier_channel_axes(D, options["num_bands"], options["concat_pos"], options["sine_only"])
+        tables = []
+        for axis, size in enumerate(self.index_dims):
+            positions = torch.zeros(size, D, dtype=self.features.dtype, device=self.features.device)
+            positions[:, axis] = torch.linspace(-1.0, 1.0, size, dtype=torch.float64).float()  # as linear_positions
+            features = fourier_features(positions, **options)
+            tables.append(features * (owners == axis).to(features.device))
+        return tuple(tables)
+
+    def grid_tokens(self, content: torch.Tensor) -> GridTokens:
+        """[content | these features] of every grid point as GridTokens: content (B, M, Cc)."""
+        return GridTokens(content, self.axis_tables())
 
 
 class LearnedPositionEncoding(nn.Module):

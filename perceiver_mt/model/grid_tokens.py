@@ -1,0 +1,133 @@
+"""Tokens on a grid whose position features are a sum of one table per axis, kept unexpanded.
+
+Per-pixel Perceivers (optical flow) feed one token per pixel: [content | position features], e.g. 64
+projected patch channels and 258 Fourier channels for each of 182,528 pixels. Every Fourier channel depends
+on one axis only, so the position block of pixel (i, j) is rows[i] + columns[j] of two small tables. Kept
+that way, a LayerNorm's statistics and every dot product with a weight vector cost per axis instead of per
+token for the position channels: `grid_attention` cross-attends between latents and such tokens multiplying
+the content channels only. Anything else calls `materialize()` for the ordinary (B, M, C) tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+
+
+@dataclass(frozen=True)
+class GridTokens:
+    """(B, M, Cc + Cp) tokens: `content` (B, M, Cc) followed by position features sum_a tables[a][i_a].
+
+    M = prod(grid) points in row-major order; table a is (grid[a], Cp). Tables may share channels (a learned
+    row embedding plus a column embedding) or own disjoint ones (Fourier features).
+    """
+
+    content: torch.Tensor
+    tables: tuple[torch.Tensor, ...]
+    _normalizations: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.content.dim() != 3:
+            raise ValueError(f"GridTokens content must be (batch, points, channels), got shape {tuple(self.content.shape)}")
+        widths = {t.shape[-1] for t in self.tables}
+        if not self.tables or len(widths) != 1 or any(t.dim() != 2 for t in self.tables):
+            raise ValueError("GridTokens needs one or more (axis size, channels) tables of one width, got shapes "
+                             f"{[tuple(t.shape) for t in self.tables]}")
+        if math.prod(self.grid) != self.content.shape[1]:
+            raise ValueError(f"GridTokens content has {self.content.shape[1]} points but the grid {self.grid} has "
+                             f"{math.prod(self.grid)}")
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return tuple(t.shape[0] for t in self.tables)
+
+    @property
+    def content_channels(self) -> int:
+        return self.content.shape[-1]
+
+    @property
+    def shape(self) -> torch.Size:
+        B, M, Cc = self.content.shape
+        return torch.Size((B, M, Cc + self.tables[0].shape[-1]))
+
+    def positions(self) -> torch.Tensor:
+        """The position block of every point: (M, Cp)."""
+        return grid_positions(self.tables)
+
+    def materialize(self) -> torch.Tensor:
+        """The (B, M, C) tensor, built once and shared by every layer that needs it (an encoder and a decoder)."""
+        return self._materialized
+
+    @cached_property
+    def _materialized(self) -> torch.Tensor:
+        B = self.content.shape[0]
+        return torch.cat([self.content, self.positions().expand(B, -1, -1)], dim=-1)  # (B, M, C)
+
+    def rows(self, start: int, stop: int) -> GridTokens:
+        """Points whose first grid index is in [start, stop): still a grid."""
+        per_row = self.content.shape[1] // self.grid[0]
+        return GridTokens(self.content[:, start * per_row:stop * per_row], (self.tables[0][start:stop], *self.tables[1:]))
+
+    def split(self, size: int, dim: int = 1) -> list[GridTokens] | tuple[torch.Tensor, ...]:
+        """Chunks of `size` points, as `Tensor.split` along the points: grids where `size` is whole rows."""
+        per_row = self.content.shape[1] // self.grid[0]
+        if dim == 1 and size >= self.content.shape[1]:
+            return [self]
+        if dim != 1 or size % per_row:
+            return self.materialize().split(size, dim=dim)
+        rows = size // per_row
+        return [self.rows(start, min(start + rows, self.grid[0])) for start in range(0, self.grid[0], rows)]
+
+    def centring(self, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """([content, -mean] (B, M, Cc + 1), rstd (B, M)) of LayerNorm with `eps`: computed once per tokens, as an
+        encoder and a decoder both normalise the same tokens."""
+        if eps not in self._normalizations:
+            mean, rstd = self.layer_norm_statistics(eps)
+            self._normalizations[eps] = (torch.cat([self.content, -mean.unsqueeze(-1)], dim=-1), rstd)
+        return self._normalizations[eps]
+
+    def layer_norm_statistics(self, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each token's mean and 1 / sqrt(variance + eps) over all its channels, as LayerNorm takes them: (B, M) each.
+
+        Sums of the position channels and of their squares come per axis, plus one dot product per pair of
+        axes for tables that share channels; float64 keeps E[x^2] - E[x]^2 from cancelling.
+        """
+        c = self.content.double()
+        tables = [t.double() for t in self.tables]
+        total = c.sum(-1) + sum_on_grid([t.sum(-1, keepdim=True) for t in tables]).reshape(-1)  # (B, M)
+        squares = (c * c).sum(-1) + sum_on_grid([(t * t).sum(-1, keepdim=True) for t in tables]).reshape(-1)
+        for a in range(len(tables)):
+            for b in range(a + 1, len(tables)):
+                cross = tables[a] @ tables[b].T  # (n_a, n_b): shared channels of two axes
+                squares = squares + 2 * on_grid(cross, (a, b), len(tables)).expand(*self.grid).reshape(-1)
+        C = self.shape[-1]
+        mean = total / C
+        variance = (squares / C - mean * mean).clamp_min(0.0)
+        return mean.to(self.content.dtype), (variance + eps).rsqrt().to(self.content.dtype)
+
+
+def on_grid(values: torch.Tensor, axes: tuple[int, ...], ndim: int, lead: int = 0) -> torch.Tensor:
+    """Reshape `values` (..., n_a, [n_b, ...], [trailing]) so its axis dims broadcast against a grid of `ndim` axes.
+
+    The dims after `lead` leading ones are the grid axes `axes` (in order), then whatever trails them.
+    """
+    shape = list(values.shape)
+    head, sizes, tail = shape[:lead], shape[lead:lead + len(axes)], shape[lead + len(axes):]
+    grid = [1] * ndim
+    for axis, size in zip(axes, sizes):
+        grid[axis] = size
+    return values.reshape(*head, *grid, *tail)
+
+
+def sum_on_grid(tables: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """sum_a tables[a][i_a] on the grid: (n_0, ..., n_k, C) for tables (n_a, C)."""
+    ndim = len(tables)
+    return sum(on_grid(t, (a,), ndim) for a, t in enumerate(tables))
+
+
+def grid_positions(tables: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The position features of every point of the grid, row-major: (prod(n_a), C)."""
+    return sum_on_grid(tables).reshape(-1, tables[0].shape[-1])

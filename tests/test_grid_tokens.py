@@ -1,0 +1,146 @@
+"""GridTokens: position features kept per axis, and cross-attention to and from them without expanding them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from perceiver_mt.model import DecoderConfig, EncoderConfig, FourierPositionEncoding, GridTokens, PerceiverDecoder
+from perceiver_mt.model.attention import GRID_KEYS, CrossAttentionLayer
+from perceiver_mt.model.perceiver import PerceiverEncoder
+
+
+def was_expanded(tokens: GridTokens) -> bool:
+    return "_materialized" in tokens.__dict__
+
+
+def fourier_tokens(grid=(6, 5), content_channels=3, batch=2, num_bands=2) -> GridTokens:
+    position = FourierPositionEncoding(grid, num_bands, cached=False)
+    return position.grid_tokens(torch.randn(batch, math.prod(grid), content_channels))
+
+
+def shared_channel_tokens(grid=(4, 3, 5), content_channels=2, batch=2, position_channels=6) -> GridTokens:
+    """A learned-style encoding: one table per axis, all over the same channels (cross terms in the statistics)."""
+    return GridTokens(torch.randn(batch, math.prod(grid), content_channels) + 0.5,
+                      tuple(torch.randn(n, position_channels) + 1.0 for n in grid))
+
+
+@pytest.mark.parametrize(("index_dims", "concat_pos", "sine_only"), [
+    ((7,), True, False), ((6, 5), True, False), ((6, 5), False, True), ((3, 4, 2), True, False),
+])
+def test_axis_tables_sum_to_exactly_the_grid_features(index_dims, concat_pos, sine_only):
+    cached = FourierPositionEncoding(index_dims, 3, concat_pos=concat_pos, sine_only=sine_only)
+    tokens = cached.grid_tokens(torch.zeros(1, cached.features.shape[0], 2))
+    assert tokens.shape == (1, cached.features.shape[0], 2 + cached.num_channels)
+    assert torch.equal(tokens.materialize()[0, :, 2:], cached.features)
+
+
+@pytest.mark.parametrize("make", [fourier_tokens, shared_channel_tokens])
+def test_layer_norm_statistics_per_axis_are_those_of_the_expanded_tokens(make):
+    torch.manual_seed(0)
+    tokens = make()
+    dense = tokens.materialize().double()
+    mean, rstd = tokens.layer_norm_statistics(1e-5)
+    torch.testing.assert_close(mean.double(), dense.mean(-1))
+    torch.testing.assert_close(rstd.double(), (dense.var(-1, unbiased=False) + 1e-5).rsqrt())
+
+
+def test_splitting_whole_rows_keeps_grids_and_other_sizes_expand():
+    tokens = shared_channel_tokens()  # 4 x 3 x 5 grid: 15 points per row
+    chunks = tokens.split(30)
+    assert [type(c) for c in chunks] == [GridTokens, GridTokens] and chunks[1].grid == (2, 3, 5)
+    for chunk, expected in zip(chunks, tokens.materialize().split(30, dim=1)):
+        assert torch.equal(chunk.materialize(), expected)
+    assert all(torch.equal(a, b) for a, b in zip(tokens.split(7), tokens.materialize().split(7, dim=1)))
+
+
+def test_inconsistent_grid_tokens_are_refused_with_the_shapes():
+    with pytest.raises(ValueError, match=r"content has 10 points but the grid \(3, 4\) has 12"):
+        GridTokens(torch.zeros(1, 10, 2), (torch.zeros(3, 5), torch.zeros(4, 5)))
+    with pytest.raises(ValueError, match="tables of one width"):
+        GridTokens(torch.zeros(1, 12, 2), (torch.zeros(3, 5), torch.zeros(4, 6)))
+
+
+def randomized(module: torch.nn.Module) -> torch.nn.Module:
+    for p in module.parameters():  # norms' gains and biases away from 1 and 0, so a dropped term would show
+        torch.nn.init.normal_(p, std=0.5)
+    return module.eval()
+
+
+@pytest.mark.parametrize("make", [fourier_tokens, shared_channel_tokens])
+@pytest.mark.parametrize("num_heads", [1, 2])
+def test_latents_attend_to_grid_tokens_as_to_the_expanded_tokens(make, num_heads, monkeypatch):
+    torch.manual_seed(0)
+    tokens = make()
+    B, M, C = tokens.shape
+    layer = randomized(CrossAttentionLayer(32, C, num_heads, qk_channels=64, v_channels=64, widening_factor=2))
+    latents = torch.randn(B, 5, 32)
+    assert layer.attention.plan_for(5, M) == GRID_KEYS  # few input channels: the latents attend to them directly
+    monkeypatch.setattr("perceiver_mt.model.grid_attention.SCORE_CHUNK", 2 * M)  # several chunks of latents
+    with torch.no_grad():
+        expected = layer(latents, tokens.materialize())
+        fresh = GridTokens(tokens.content, tokens.tables)
+        out = layer(latents, fresh)
+    assert not was_expanded(fresh)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("make", [fourier_tokens, shared_channel_tokens])
+@pytest.mark.parametrize(("num_heads", "query_residual", "chunk"), [(1, False, None), (2, True, None), (1, False, 15)])
+def test_grid_queries_attend_to_latents_as_the_expanded_tokens(make, num_heads, query_residual, chunk, monkeypatch):
+    torch.manual_seed(0)
+    tokens = make()
+    B, M, C = tokens.shape
+    decoder = randomized(PerceiverDecoder(DecoderConfig(
+        query_channels=C, num_heads=num_heads, qk_channels=64, v_channels=64, query_residual=query_residual,
+        query_chunk_size=chunk), latent_channels=48))
+    latents = torch.randn(B, 7, 48)
+    monkeypatch.setattr("perceiver_mt.model.grid_attention.SCORE_CHUNK", 3 * 7 * 5)  # a few rows at a time
+    with torch.no_grad():
+        expected = decoder(tokens.materialize(), latents)
+        fresh = GridTokens(tokens.content, tokens.tables)
+        out = decoder(fresh, latents)
+    assert was_expanded(fresh) == query_residual  # only a query residual needs the expanded tokens
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_training_expands_grid_tokens_once_and_gets_the_same_gradients():
+    torch.manual_seed(0)
+    tokens = fourier_tokens()
+    B, M, C = tokens.shape
+    encoder = randomized(PerceiverEncoder(EncoderConfig(
+        input_channels=C, num_latents=4, latent_channels=32, cross_attention_qk_channels=64,
+        num_self_attention_heads=2, num_self_attends_per_block=1)))
+    decoder = randomized(PerceiverDecoder(DecoderConfig(query_channels=C, qk_channels=64, query_residual=False), 32))
+    content = tokens.content.clone().requires_grad_()
+
+    def loss(queries_and_inputs) -> torch.Tensor:
+        return decoder(queries_and_inputs, encoder(queries_and_inputs)).square().sum()
+
+    grid = GridTokens(content, tokens.tables)
+    grads = torch.autograd.grad(loss(grid), [content, *encoder.parameters(), *decoder.parameters()])
+    assert was_expanded(grid)  # gradients go through the fused kernels, which store no scores
+    dense = torch.cat([content, grid.positions().expand(B, -1, -1)], dim=-1)
+    expected = torch.autograd.grad(loss(dense), [content, *encoder.parameters(), *decoder.parameters()])
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want)
+    with torch.no_grad():  # and inference on the same modules takes the per-axis path to the same outputs
+        fresh = GridTokens(content.detach(), tokens.tables)
+        torch.testing.assert_close(decoder(fresh, encoder(fresh)), decoder(dense, encoder(dense)), atol=1e-5, rtol=1e-4)
+    assert not was_expanded(fresh)
+
+
+def test_padding_masks_fall_back_to_the_expanded_tokens():
+    torch.manual_seed(0)
+    tokens = fourier_tokens()
+    B, M, C = tokens.shape
+    layer = randomized(CrossAttentionLayer(32, C, 1, qk_channels=64, v_channels=64))
+    pad_mask = torch.zeros(B, M, dtype=torch.bool)
+    pad_mask[1, -4:] = True
+    latents = torch.randn(B, 5, 32)
+    with torch.no_grad():
+        out = layer(latents, tokens, pad_mask)
+        assert was_expanded(tokens)
+        torch.testing.assert_close(out[1:], layer(latents[1:], tokens.materialize()[1:, :-4]))  # padding ignored
