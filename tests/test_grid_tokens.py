@@ -12,10 +12,6 @@ from perceiver_mt.model.attention import GRID_KEYS, CrossAttentionLayer
 from perceiver_mt.model.perceiver import PerceiverEncoder
 
 
-def was_expanded(tokens: GridTokens) -> bool:
-    return "_materialized" in tokens.__dict__
-
-
 def fourier_tokens(grid=(6, 5), content_channels=3, batch=2, num_bands=2) -> GridTokens:
     position = FourierPositionEncoding(grid, num_bands, cached=False)
     return position.grid_tokens(torch.randn(batch, math.prod(grid), content_channels))
@@ -54,6 +50,8 @@ def test_splitting_whole_rows_keeps_grids_and_other_sizes_expand():
     for chunk, expected in zip(chunks, tokens.materialize().split(30, dim=1)):
         assert torch.equal(chunk.materialize(), expected)
     assert all(torch.equal(a, b) for a, b in zip(tokens.split(7), tokens.materialize().split(7, dim=1)))
+    views = tokens.split(30)  # once expanded, chunks are views of the one expanded tensor
+    assert all(v._base is tokens.materialize() for v in views)
 
 
 def test_inconsistent_grid_tokens_are_refused_with_the_shapes():
@@ -83,7 +81,7 @@ def test_latents_attend_to_grid_tokens_as_to_the_expanded_tokens(make, num_heads
         expected = layer(latents, tokens.materialize())
         fresh = GridTokens(tokens.content, tokens.tables)
         out = layer(latents, fresh)
-    assert not was_expanded(fresh)
+    assert not fresh.is_materialized
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
 
 
@@ -102,7 +100,7 @@ def test_grid_queries_attend_to_latents_as_the_expanded_tokens(make, num_heads, 
         expected = decoder(tokens.materialize(), latents)
         fresh = GridTokens(tokens.content, tokens.tables)
         out = decoder(fresh, latents)
-    assert was_expanded(fresh) == query_residual  # only a query residual needs the expanded tokens
+    assert fresh.is_materialized == query_residual  # only a query residual needs the expanded tokens
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
 
 
@@ -121,7 +119,7 @@ def test_training_expands_grid_tokens_once_and_gets_the_same_gradients():
 
     grid = GridTokens(content, tokens.tables)
     grads = torch.autograd.grad(loss(grid), [content, *encoder.parameters(), *decoder.parameters()])
-    assert was_expanded(grid)  # gradients go through the fused kernels, which store no scores
+    assert grid.is_materialized  # gradients go through the fused kernels, which store no scores
     dense = torch.cat([content, grid.positions().expand(B, -1, -1)], dim=-1)
     expected = torch.autograd.grad(loss(dense), [content, *encoder.parameters(), *decoder.parameters()])
     for got, want in zip(grads, expected):
@@ -129,7 +127,7 @@ def test_training_expands_grid_tokens_once_and_gets_the_same_gradients():
     with torch.no_grad():  # and inference on the same modules takes the per-axis path to the same outputs
         fresh = GridTokens(content.detach(), tokens.tables)
         torch.testing.assert_close(decoder(fresh, encoder(fresh)), decoder(dense, encoder(dense)), atol=1e-5, rtol=1e-4)
-    assert not was_expanded(fresh)
+    assert not fresh.is_materialized
 
 
 def test_padding_masks_fall_back_to_the_expanded_tokens():
@@ -142,5 +140,5 @@ def test_padding_masks_fall_back_to_the_expanded_tokens():
     latents = torch.randn(B, 5, 32)
     with torch.no_grad():
         out = layer(latents, tokens, pad_mask)
-        assert was_expanded(tokens)
+        assert tokens.is_materialized
         torch.testing.assert_close(out[1:], layer(latents[1:], tokens.materialize()[1:, :-4]))  # padding ignored

@@ -61,6 +61,10 @@ class GridTokens:
         """The (B, M, C) tensor, built once and shared by every layer that needs it (an encoder and a decoder)."""
         return self._materialized
 
+    @property
+    def is_materialized(self) -> bool:
+        return "_materialized" in self.__dict__
+
     @cached_property
     def _materialized(self) -> torch.Tensor:
         B = self.content.shape[0]
@@ -76,7 +80,9 @@ class GridTokens:
         per_row = self.content.shape[1] // self.grid[0]
         if dim == 1 and size >= self.content.shape[1]:
             return [self]
-        if dim != 1 or size % per_row:
+        # Once expanded (training expands for the fused kernels), chunks are views of that one tensor rather
+        # than grids that would each expand, and keep, a copy of their part.
+        if dim != 1 or size % per_row or self.is_materialized:
             return self.materialize().split(size, dim=dim)
         rows = size // per_row
         return [self.rows(start, min(start + rows, self.grid[0])) for start in range(0, self.grid[0], rows)]
