@@ -3,6 +3,8 @@
 The core has everything but the flow-specific ends, which live here: the patch projection (two frames
 of 3x3x3 patches -> 64 channels, plus 2D Fourier features -> 322 input channels), per-pixel queries
 that are the input tokens themselves (as in the original), and the 2-channel flow head rescaled by 1/100.
+The tokens go to the encoder and decoder as GridTokens (Fourier features kept per axis), which inference
+cross-attends without expanding and training expands once.
 """
 
 from __future__ import annotations
