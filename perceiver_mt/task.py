@@ -47,7 +47,10 @@ class Task(abc.ABC):
     # --- model parts -------------------------------------------------------------------------------
     @abc.abstractmethod
     def build_adapter(self) -> nn.Module:
-        """Module: batch -> tokens (B, M, encoder.input_channels), or (tokens, pad_mask (B, M) True = pad)."""
+        """Module: batch -> tokens (B, M, encoder.input_channels), or (tokens, pad_mask (B, M) True = pad).
+
+        Tokens on a grid with per-axis position features may be `GridTokens` (inference then never expands them).
+        """
 
     @abc.abstractmethod
     def build_queries(self) -> nn.Module:

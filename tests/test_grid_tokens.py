@@ -104,14 +104,17 @@ def test_grid_queries_attend_to_latents_as_the_expanded_tokens(make, num_heads, 
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
 
 
-def test_training_expands_grid_tokens_once_and_gets_the_same_gradients():
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_training_expands_grid_tokens_once_and_gets_the_same_gradients(checkpointing):
     torch.manual_seed(0)
     tokens = fourier_tokens()
     B, M, C = tokens.shape
     encoder = randomized(PerceiverEncoder(EncoderConfig(
         input_channels=C, num_latents=4, latent_channels=32, cross_attention_qk_channels=64,
-        num_self_attention_heads=2, num_self_attends_per_block=1)))
-    decoder = randomized(PerceiverDecoder(DecoderConfig(query_channels=C, qk_channels=64, query_residual=False), 32))
+        num_self_attention_heads=2, num_self_attends_per_block=1, activation_checkpointing=checkpointing)))
+    decoder = randomized(PerceiverDecoder(DecoderConfig(
+        query_channels=C, qk_channels=64, query_residual=False, activation_checkpointing=checkpointing,
+        query_chunk_size=10 if checkpointing else None), 32))
     content = tokens.content.clone().requires_grad_()
 
     def loss(queries_and_inputs) -> torch.Tensor:
@@ -142,3 +145,16 @@ def test_padding_masks_fall_back_to_the_expanded_tokens():
         out = layer(latents, tokens, pad_mask)
         assert tokens.is_materialized
         torch.testing.assert_close(out[1:], layer(latents[1:], tokens.materialize()[1:, :-4]))  # padding ignored
+
+
+def test_a_frozen_layer_under_trainable_latents_still_passes_gradients_back():
+    torch.manual_seed(0)
+    tokens = fourier_tokens()
+    B, M, C = tokens.shape
+    layer = randomized(CrossAttentionLayer(32, C, 1, qk_channels=64, v_channels=64)).requires_grad_(False)
+    latents = torch.randn(B, 5, 32, requires_grad=True)
+    grid = GridTokens(tokens.content, tokens.tables)
+    (got,) = torch.autograd.grad(layer(latents, grid).square().sum(), latents)
+    (want,) = torch.autograd.grad(layer(latents, tokens.materialize()).square().sum(), latents)
+    assert grid.is_materialized
+    torch.testing.assert_close(got, want)

@@ -322,7 +322,7 @@ class CrossAttentionLayer(nn.Module):
     def forward(
         self, x_q: torch.Tensor, x_kv: torch.Tensor | GridTokens, pad_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if (pad_mask is None and self._grid_path(x_kv)
+        if (pad_mask is None and self._grid_path(x_kv, x_q)
                 and self.attention.plan_for(x_q.shape[1], x_kv.shape[1]) == GRID_KEYS):
             return self._finish(x_q, self.attention.attend_to_grid(self.q_norm(x_q), x_kv, self.kv_norm))
         x_kv = materialized(x_kv)
@@ -339,13 +339,13 @@ class CrossAttentionLayer(nn.Module):
     def attend(
         self, x_q: torch.Tensor | GridTokens, kv: KeysValues, pad_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if pad_mask is None and kv.plan.scores == "absorb_queries" and self._grid_path(x_q):
+        if pad_mask is None and kv.plan.scores == "absorb_queries" and self._grid_path(x_q, kv.k, kv.v):
             return self._finish(x_q, self.attention.grid_attend(x_q, self.q_norm, kv))
         return self._finish(x_q, self.attention.attend(self.q_norm(materialized(x_q)), kv, pad_mask))
 
-    def _grid_path(self, tokens: torch.Tensor | GridTokens) -> bool:
+    def _grid_path(self, tokens: torch.Tensor | GridTokens, *others: torch.Tensor) -> bool:
         dropping = self.training and self.attention.dropout > 0
-        return not dropping and grid_attention.applies(tokens, self)
+        return not dropping and grid_attention.applies(tokens, self, *others)
 
     def _finish(self, x_q: torch.Tensor | GridTokens, attended: torch.Tensor) -> torch.Tensor:
         x = materialized(x_q) + attended if self.query_residual else attended

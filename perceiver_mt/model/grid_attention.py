@@ -22,13 +22,14 @@ from perceiver_mt.model.grid_tokens import GridTokens, on_grid
 SCORE_CHUNK = 2**22
 
 
-def applies(tokens: object, *modules: nn.Module) -> bool:
-    """Whether `tokens` can take the per-axis path here: GridTokens, no gradients wanted, no autocast."""
+def applies(tokens: object, module: nn.Module, *tensors: torch.Tensor) -> bool:
+    """Whether `tokens` can take the per-axis path in `module` with these other inputs: GridTokens, no autocast,
+    and no gradient wanted for anything involved (the path overwrites its scores in place)."""
     if not isinstance(tokens, GridTokens) or torch.is_autocast_enabled(tokens.content.device.type):
         return False
     if not torch.is_grad_enabled():
         return True
-    return not tokens.content.requires_grad and not any(p.requires_grad for m in modules for p in m.parameters())
+    return not any(t.requires_grad for t in (tokens.content, *tensors, *module.parameters()))
 
 
 def queries_attend_to_grid(q: torch.Tensor, tokens: GridTokens, norm: nn.LayerNorm, scale: float) -> torch.Tensor:

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from perceiver_mt.model.attention import CrossAttentionLayer, KeysValues, SelfAttentionLayer, set_attention_kernel
+from perceiver_mt.model.grid_tokens import GridTokens
 from perceiver_mt.model.init import fan_in_init_
 
 
@@ -94,8 +95,8 @@ class PerceiverEncoder(nn.Module):
         set_attention_kernel(self, c.attention_kernel)
         fan_in_init_(self)
 
-    def forward(self, tokens: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens: (B, M, C), pad_mask: (B, M) True = padding  ->  latents (B, N, D)."""
+    def forward(self, tokens: torch.Tensor | GridTokens, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens: (B, M, C) or GridTokens, pad_mask: (B, M) True = padding  ->  latents (B, N, D)."""
         B, M, C = tokens.shape
         if C != self.config.input_channels:
             raise ValueError(f"encoder expects tokens of {self.config.input_channels} channels, got shape {tuple(tokens.shape)}")
@@ -137,8 +138,10 @@ class PerceiverDecoder(nn.Module):
         )
         fan_in_init_(self)
 
-    def forward(self, queries: torch.Tensor, latents: torch.Tensor, head: nn.Module | None = None) -> torch.Tensor:
-        """queries: (B, O, Cq), latents: (B, N, D)  ->  (B, O, Cq), or `head` of that.
+    def forward(
+        self, queries: torch.Tensor | GridTokens, latents: torch.Tensor, head: nn.Module | None = None,
+    ) -> torch.Tensor:
+        """queries: (B, O, Cq) or GridTokens, latents: (B, N, D)  ->  (B, O, Cq), or `head` of that.
 
         With `query_chunk_size`, `head` runs on each chunk of queries (inside the chunk's checkpoint) and
         the chunks' results are concatenated along dim 1, so per-query outputs (pixels, tokens) never hold
