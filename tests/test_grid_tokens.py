@@ -43,13 +43,23 @@ def test_layer_norm_statistics_per_axis_are_those_of_the_expanded_tokens(make):
     torch.testing.assert_close(rstd.double(), (dense.var(-1, unbiased=False) + 1e-5).rsqrt())
 
 
+def test_points_of_any_range_are_those_of_the_expanded_tokens():
+    tokens = shared_channel_tokens()
+    dense = tokens.materialize()
+    for start, stop in [(0, 60), (7, 23), (14, 15), (44, 60)]:
+        assert torch.equal(tokens.points(start, stop), dense[:, start:stop])
+
+
 def test_splitting_whole_rows_keeps_grids_and_other_sizes_expand():
     tokens = shared_channel_tokens()  # 4 x 3 x 5 grid: 15 points per row
     chunks = tokens.split(30)
     assert [type(c) for c in chunks] == [GridTokens, GridTokens] and chunks[1].grid == (2, 3, 5)
     for chunk, expected in zip(chunks, tokens.materialize().split(30, dim=1)):
         assert torch.equal(chunk.materialize(), expected)
-    assert all(torch.equal(a, b) for a, b in zip(tokens.split(7), tokens.materialize().split(7, dim=1)))
+    fresh = GridTokens(tokens.content, tokens.tables)
+    points = fresh.split(7)  # not whole rows: each chunk expands only its own points, when used
+    assert not fresh.is_materialized and [p.shape[1] for p in points] == [7] * 8 + [4]
+    assert all(torch.equal(a.materialize(), b) for a, b in zip(points, tokens.materialize().split(7, dim=1)))
     views = tokens.split(30)  # once expanded, chunks are views of the one expanded tensor
     assert all(v._base is tokens.materialize() for v in views)
 
@@ -111,10 +121,11 @@ def test_training_expands_grid_tokens_once_and_gets_the_same_gradients(checkpoin
     B, M, C = tokens.shape
     encoder = randomized(PerceiverEncoder(EncoderConfig(
         input_channels=C, num_latents=4, latent_channels=32, cross_attention_qk_channels=64,
-        num_self_attention_heads=2, num_self_attends_per_block=1, activation_checkpointing=checkpointing)))
+        num_self_attention_heads=2, num_self_attends_per_block=1, activation_checkpointing=checkpointing,
+        input_chunk_size=7 if checkpointing else None)))
     decoder = randomized(PerceiverDecoder(DecoderConfig(
         query_channels=C, qk_channels=64, query_residual=False, activation_checkpointing=checkpointing,
-        query_chunk_size=10 if checkpointing else None), 32))
+        query_chunk_size=7 if checkpointing else None), 32))
     content = tokens.content.clone().requires_grad_()
 
     def loss(queries_and_inputs) -> torch.Tensor:
@@ -122,7 +133,9 @@ def test_training_expands_grid_tokens_once_and_gets_the_same_gradients(checkpoin
 
     grid = GridTokens(content, tokens.tables)
     grads = torch.autograd.grad(loss(grid), [content, *encoder.parameters(), *decoder.parameters()])
-    assert grid.is_materialized  # gradients go through the fused kernels, which store no scores
+    # Gradients go through the fused kernels, which store no scores: the tokens are expanded once, or, in
+    # checkpointed chunks of points that are not whole rows, each chunk only while it is computed.
+    assert grid.is_materialized != checkpointing
     dense = torch.cat([content, grid.positions().expand(B, -1, -1)], dim=-1)
     expected = torch.autograd.grad(loss(dense), [content, *encoder.parameters(), *decoder.parameters()])
     for got, want in zip(grads, expected):

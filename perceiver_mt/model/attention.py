@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from perceiver_mt.model import grid_attention
 from perceiver_mt.model.absorption import PROJECTED, AttentionPlan, attention_plan
-from perceiver_mt.model.grid_tokens import GridTokens
+from perceiver_mt.model.grid_tokens import GridPoints, GridTokens
 from perceiver_mt.model.kernels import attention_kernel, check_kernel, finite_or_zero, matmul_attention, query_groups
 
 
@@ -209,7 +209,7 @@ class MultiHeadAttention(nn.Module):
     def forward_in_chunks(
         self,
         x_q: torch.Tensor,
-        x_kv: torch.Tensor,
+        x_kv: torch.Tensor | GridTokens,
         kv_transform: nn.Module,
         chunk_size: int,
         pad_mask: torch.Tensor | None = None,
@@ -225,7 +225,7 @@ class MultiHeadAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         outs, lses = [], []
         for start in range(0, x_kv.shape[1], chunk_size):
-            chunk = x_kv[:, start:start + chunk_size]
+            chunk = input_points(x_kv, start, min(start + chunk_size, x_kv.shape[1]))
             mask = None if pad_mask is None else pad_mask[:, start:start + chunk_size]
             args = (q, chunk, kv_transform, mask, dropout, plan)
             out, lse = (checkpoint(self._attend_chunk, *args, use_reentrant=False) if torch.is_grad_enabled()
@@ -237,11 +237,11 @@ class MultiHeadAttention(nn.Module):
         return self._outputs(out, plan)
 
     def _attend_chunk(
-        self, q: torch.Tensor, x_kv: torch.Tensor, kv_transform: nn.Module, pad_mask: torch.Tensor | None,
-        dropout: float, plan: AttentionPlan,
+        self, q: torch.Tensor, x_kv: torch.Tensor | GridPoints, kv_transform: nn.Module,
+        pad_mask: torch.Tensor | None, dropout: float, plan: AttentionPlan,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention of scaled q to one chunk of keys: (output normalised within the chunk, log-sum-exp)."""
-        k, v = self._keys_values(kv_transform(x_kv), plan)
+        k, v = self._keys_values(kv_transform(materialized(x_kv)), plan)  # grid points expand here, recomputed in backward
         scores = q @ k.transpose(-2, -1)  # (B, H, Q, chunk)
         if pad_mask is not None:
             scores = scores.masked_fill(pad_mask[:, None, None, :], float("-inf"))
@@ -267,8 +267,13 @@ def pin_attention_plan(module: nn.Module, plan: AttentionPlan | None) -> None:
             attention.plan = plan
 
 
-def materialized(x: torch.Tensor | GridTokens) -> torch.Tensor:
-    return x.materialize() if isinstance(x, GridTokens) else x
+def materialized(x: torch.Tensor | GridTokens | GridPoints) -> torch.Tensor:
+    return x.materialize() if isinstance(x, (GridTokens, GridPoints)) else x
+
+
+def input_points(x: torch.Tensor | GridTokens, start: int, stop: int) -> torch.Tensor | GridPoints:
+    """Points [start, stop) of the inputs: a view, or GridPoints expanded only where used."""
+    return GridPoints(x, start, stop) if isinstance(x, GridTokens) else x[:, start:stop]
 
 
 class MLP(nn.Module):
@@ -325,11 +330,11 @@ class CrossAttentionLayer(nn.Module):
         if (pad_mask is None and self._grid_path(x_kv, x_q)
                 and self.attention.plan_for(x_q.shape[1], x_kv.shape[1]) == GRID_KEYS):
             return self._finish(x_q, self.attention.attend_to_grid(self.q_norm(x_q), x_kv, self.kv_norm))
-        x_kv = materialized(x_kv)
         if self.kv_chunk_size is not None and x_kv.shape[1] > self.kv_chunk_size:
             attended = self.attention.forward_in_chunks(self.q_norm(x_q), x_kv, self.kv_norm, self.kv_chunk_size,
                                                         pad_mask)
             return self._finish(x_q, attended)
+        x_kv = materialized(x_kv)
         return self.attend(x_q, self.keys_values(x_kv, x_q.shape[1]), pad_mask)
 
     def keys_values(self, x_kv: torch.Tensor, num_queries: int) -> KeysValues:
@@ -337,11 +342,12 @@ class CrossAttentionLayer(nn.Module):
         return self.attention.keys_values(self.kv_norm(x_kv), num_queries)
 
     def attend(
-        self, x_q: torch.Tensor | GridTokens, kv: KeysValues, pad_mask: torch.Tensor | None = None,
+        self, x_q: torch.Tensor | GridTokens | GridPoints, kv: KeysValues, pad_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if pad_mask is None and kv.plan.scores == "absorb_queries" and self._grid_path(x_q, kv.k, kv.v):
             return self._finish(x_q, self.attention.grid_attend(x_q, self.q_norm, kv))
-        return self._finish(x_q, self.attention.attend(self.q_norm(materialized(x_q)), kv, pad_mask))
+        x_q = materialized(x_q)
+        return self._finish(x_q, self.attention.attend(self.q_norm(x_q), kv, pad_mask))
 
     def _grid_path(self, tokens: torch.Tensor | GridTokens, *others: torch.Tensor) -> bool:
         dropping = self.training and self.attention.dropout > 0

@@ -75,17 +75,29 @@ class GridTokens:
         per_row = self.content.shape[1] // self.grid[0]
         return GridTokens(self.content[:, start * per_row:stop * per_row], (self.tables[0][start:stop], *self.tables[1:]))
 
-    def split(self, size: int, dim: int = 1) -> list[GridTokens] | tuple[torch.Tensor, ...]:
-        """Chunks of `size` points, as `Tensor.split` along the points: grids where `size` is whole rows."""
-        per_row = self.content.shape[1] // self.grid[0]
-        if dim == 1 and size >= self.content.shape[1]:
+    def split(self, size: int, dim: int = 1) -> list[GridTokens] | list[GridPoints] | tuple[torch.Tensor, ...]:
+        """Chunks of `size` points, as `Tensor.split` along the points: grids where `size` is whole rows, else
+        GridPoints that each expand only their own points (inside a checkpoint, nothing of them is kept)."""
+        M = self.content.shape[1]
+        per_row = M // self.grid[0]
+        if dim == 1 and size >= M:
             return [self]
-        # Once expanded (training expands for the fused kernels), chunks are views of that one tensor rather
-        # than grids that would each expand, and keep, a copy of their part.
-        if dim != 1 or size % per_row or self.is_materialized:
+        # Once expanded (training without chunks expands for the fused kernels), chunks are views of that tensor.
+        if dim != 1 or self.is_materialized:
             return self.materialize().split(size, dim=dim)
+        if size % per_row:
+            return [GridPoints(self, start, min(start + size, M)) for start in range(0, M, size)]
         rows = size // per_row
         return [self.rows(start, min(start + rows, self.grid[0])) for start in range(0, self.grid[0], rows)]
+
+    def points(self, start: int, stop: int) -> torch.Tensor:
+        """The expanded tokens of points [start, stop) only: (B, stop - start, C)."""
+        index = torch.arange(start, stop, device=self.content.device)
+        positions = 0
+        for table, size, stride in zip(self.tables, self.grid, _strides(self.grid)):  # summed as materialize() does
+            positions = positions + table[(index // stride) % size]  # this axis's index of every point
+        B = self.content.shape[0]
+        return torch.cat([self.content[:, start:stop], positions.expand(B, -1, -1)], dim=-1)
 
     def centring(self, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
         """([content, -mean] (B, M, Cc + 1), rstd (B, M)) of LayerNorm with `eps`: computed once per tokens, as an
@@ -137,3 +149,25 @@ def sum_on_grid(tables: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.
 def grid_positions(tables: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
     """The position features of every point of the grid, row-major: (prod(n_a), C)."""
     return sum_on_grid(tables).reshape(-1, tables[0].shape[-1])
+
+
+def _strides(grid: tuple[int, ...]) -> list[int]:
+    """Row-major strides of the grid's axes: points between consecutive indices of each axis."""
+    return [math.prod(grid[a + 1:]) for a in range(len(grid))]
+
+
+@dataclass(frozen=True)
+class GridPoints:
+    """Points [start, stop) of GridTokens, expanded only when used: chunks that are not whole grid rows."""
+
+    tokens: GridTokens
+    start: int
+    stop: int
+
+    @property
+    def shape(self) -> torch.Size:
+        B, _, C = self.tokens.shape
+        return torch.Size((B, self.stop - self.start, C))
+
+    def materialize(self) -> torch.Tensor:
+        return self.tokens.points(self.start, self.stop)
