@@ -8,6 +8,8 @@ A training step is counted as 3x the forward (backward = 2x: gradients for input
 `absorbed=True` counts what this project's model executes on a CPU instead: its cross-attentions multiply
 the projections in the cheapest order (perceiver_mt/model/absorption.py), the same function in fewer FLOPs.
 Throughput ratios and "share of the matmul peak" figures use the nominal count, the same for everyone.
+Config C's inference forward executes less again (GridTokens: 0.63 TFLOP by `FlopCounterMode`, with the
+parameters frozen so that it runs the inference path); this count does not model it.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from functools import cached_property
 import torch
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity semantics: fields are tensors
 class GridTokens:
     """(B, M, Cc + Cp) tokens: `content` (B, M, Cc) followed by position features sum_a tables[a][i_a].
 
@@ -156,7 +156,7 @@ def _strides(grid: tuple[int, ...]) -> list[int]:
     return [math.prod(grid[a + 1:]) for a in range(len(grid))]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity semantics: fields are tensors
 class GridPoints:
     """Points [start, stop) of GridTokens, expanded only when used: chunks that are not whole grid rows."""
 
