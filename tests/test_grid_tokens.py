@@ -50,19 +50,20 @@ def test_points_of_any_range_are_those_of_the_expanded_tokens():
         assert torch.equal(tokens.points(start, stop), dense[:, start:stop])
 
 
-def test_splitting_whole_rows_keeps_grids_and_other_sizes_expand():
+def test_inference_splits_into_whole_rows_and_training_into_lazy_points():
     tokens = shared_channel_tokens()  # 4 x 3 x 5 grid: 15 points per row
-    with torch.no_grad():  # recording gradients, chunks are always GridPoints (see the training test)
-        chunks = tokens.split(30)
-    assert [type(c) for c in chunks] == [GridTokens, GridTokens] and chunks[1].grid == (2, 3, 5)
-    for chunk, expected in zip(chunks, tokens.materialize().split(30, dim=1)):
-        assert torch.equal(chunk.materialize(), expected)
+    dense = tokens.materialize()
     fresh = GridTokens(tokens.content, tokens.tables)
-    points = fresh.split(7)  # not whole rows: each chunk expands only its own points, when used
+    with torch.no_grad():
+        rows = fresh.split(40)  # as many whole rows as fit: 2
+        single = fresh.split(7)  # less than a row: one row at a time
+    assert [c.grid for c in rows] == [(2, 3, 5), (2, 3, 5)] and [c.grid[0] for c in single] == [1] * 4
+    assert torch.equal(torch.cat([c.materialize() for c in rows], dim=1), dense)
+    points = fresh.split(7)  # recording gradients: 7 points each, expanded only when used
     assert not fresh.is_materialized and [p.shape[1] for p in points] == [7] * 8 + [4]
-    assert all(torch.equal(a.materialize(), b) for a, b in zip(points, tokens.materialize().split(7, dim=1)))
+    assert all(torch.equal(a.materialize(), b) for a, b in zip(points, dense.split(7, dim=1)))
     views = tokens.split(30)  # once expanded, chunks are views of the one expanded tensor
-    assert all(v._base is tokens.materialize() for v in views)
+    assert all(v._base is dense for v in views)
 
 
 def test_inconsistent_grid_tokens_are_refused_with_the_shapes():
@@ -97,7 +98,7 @@ def test_latents_attend_to_grid_tokens_as_to_the_expanded_tokens(make, num_heads
 
 
 @pytest.mark.parametrize("make", [fourier_tokens, shared_channel_tokens])
-@pytest.mark.parametrize(("num_heads", "query_residual", "chunk"), [(1, False, None), (2, True, None), (1, False, 15)])
+@pytest.mark.parametrize(("num_heads", "query_residual", "chunk"), [(1, False, None), (2, True, None), (1, False, 15), (1, False, 7)])
 def test_grid_queries_attend_to_latents_as_the_expanded_tokens(make, num_heads, query_residual, chunk, monkeypatch):
     torch.manual_seed(0)
     tokens = make()

@@ -76,9 +76,9 @@ class GridTokens:
         return GridTokens(self.content[:, start * per_row:stop * per_row], (self.tables[0][start:stop], *self.tables[1:]))
 
     def split(self, size: int, dim: int = 1) -> list[GridTokens] | list[GridPoints] | tuple[torch.Tensor, ...]:
-        """Chunks of `size` points, as `Tensor.split` along the points: grids where `size` is whole rows and no
-        gradient is being recorded (for the per-axis path), else GridPoints that each expand only their own
-        points and keep nothing (inside a checkpoint, nothing of them outlives the chunk)."""
+        """Chunks along the points, as `Tensor.split`. While gradients are recorded: GridPoints of `size` points,
+        each expanded only when used and keeping nothing (inside a checkpoint, nothing outlives the chunk).
+        Otherwise grids of whole rows, as many as fit in `size` (at least one), for the per-axis path."""
         M = self.content.shape[1]
         per_row = M // self.grid[0]
         if dim == 1 and size >= M:
@@ -86,9 +86,9 @@ class GridTokens:
         # Once expanded (training without chunks expands for the fused kernels), chunks are views of that tensor.
         if dim != 1 or self.is_materialized:
             return self.materialize().split(size, dim=dim)
-        if size % per_row or torch.is_grad_enabled():
+        if torch.is_grad_enabled():
             return [GridPoints(self, start, min(start + size, M)) for start in range(0, M, size)]
-        rows = size // per_row
+        rows = max(1, size // per_row)
         return [self.rows(start, min(start + rows, self.grid[0])) for start in range(0, self.grid[0], rows)]
 
     def points(self, start: int, stop: int) -> torch.Tensor:
