@@ -98,7 +98,8 @@ def test_latents_attend_to_grid_tokens_as_to_the_expanded_tokens(make, num_heads
 
 
 @pytest.mark.parametrize("make", [fourier_tokens, shared_channel_tokens])
-@pytest.mark.parametrize(("num_heads", "query_residual", "chunk"), [(1, False, None), (2, True, None), (1, False, 15), (1, False, 7)])
+@pytest.mark.parametrize(("num_heads", "query_residual", "chunk"),
+                         [(1, False, None), (2, True, None), (1, False, 15), (1, False, 7)])
 def test_grid_queries_attend_to_latents_as_the_expanded_tokens(make, num_heads, query_residual, chunk, monkeypatch):
     torch.manual_seed(0)
     tokens = make()

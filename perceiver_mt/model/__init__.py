@@ -18,7 +18,8 @@ from perceiver_mt.model.position import (
 )
 
 __all__ = [
-    "DecoderConfig", "EncoderConfig", "FourierPositionEncoding", "GridTokens", "LearnedPositionEncoding", "MultiTaskPerceiver",
+    "DecoderConfig", "EncoderConfig", "FourierPositionEncoding", "GridTokens", "LearnedPositionEncoding",
+    "MultiTaskPerceiver",
     "PerceiverDecoder", "PerceiverEncoder", "TaskModel", "compile_latent_blocks", "fourier_channels",
     "fourier_features", "linear_positions",
 ]

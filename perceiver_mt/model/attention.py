@@ -241,7 +241,8 @@ class MultiHeadAttention(nn.Module):
         pad_mask: torch.Tensor | None, dropout: float, plan: AttentionPlan,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention of scaled q to one chunk of keys: (output normalised within the chunk, log-sum-exp)."""
-        k, v = self._keys_values(kv_transform(materialized(x_kv)), plan)  # grid points expand here, recomputed in backward
+        # Grid points expand here, so that backward recomputes rather than keeps them.
+        k, v = self._keys_values(kv_transform(materialized(x_kv)), plan)
         scores = q @ k.transpose(-2, -1)  # (B, H, Q, chunk)
         if pad_mask is not None:
             scores = scores.masked_fill(pad_mask[:, None, None, :], float("-inf"))

@@ -76,7 +76,8 @@ def queries_attend_to_grid(q: torch.Tensor, tokens: GridTokens, norm: nn.LayerNo
 
 
 def _row_chunks(tokens: GridTokens, width: int):
-    """(first row, end row, slice of points) of chunks of whole rows whose scores against `width` vectors fit SCORE_CHUNK."""
+    """(first row, end row, slice of points) of chunks of whole rows whose scores against `width` vectors
+    fit in SCORE_CHUNK."""
     rows, per_row = tokens.grid[0], tokens.content.shape[1] // tokens.grid[0]
     step = max(1, SCORE_CHUNK // (per_row * width))
     for start in range(0, rows, step):

@@ -31,7 +31,8 @@ class GridTokens:
 
     def __post_init__(self) -> None:
         if self.content.dim() != 3:
-            raise ValueError(f"GridTokens content must be (batch, points, channels), got shape {tuple(self.content.shape)}")
+            raise ValueError("GridTokens content must be (batch, points, channels), got shape "
+                             f"{tuple(self.content.shape)}")
         widths = {t.shape[-1] for t in self.tables}
         if not self.tables or len(widths) != 1 or any(t.dim() != 2 for t in self.tables):
             raise ValueError("GridTokens needs one or more (axis size, channels) tables of one width, got shapes "
@@ -73,7 +74,8 @@ class GridTokens:
     def rows(self, start: int, stop: int) -> GridTokens:
         """Points whose first grid index is in [start, stop): still a grid."""
         per_row = self.content.shape[1] // self.grid[0]
-        return GridTokens(self.content[:, start * per_row:stop * per_row], (self.tables[0][start:stop], *self.tables[1:]))
+        content = self.content[:, start * per_row:stop * per_row]
+        return GridTokens(content, (self.tables[0][start:stop], *self.tables[1:]))
 
     def split(self, size: int, dim: int = 1) -> list[GridTokens] | list[GridPoints] | tuple[torch.Tensor, ...]:
         """Chunks along the points, as `Tensor.split`. While gradients are recorded: GridPoints of `size` points,

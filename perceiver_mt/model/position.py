@@ -52,7 +52,9 @@ def fourier_channels(num_dims: int, num_bands: int, concat_pos: bool = True, sin
     return num_dims * (num_bands * (1 if sine_only else 2) + (1 if concat_pos else 0))
 
 
-def fourier_channel_axes(num_dims: int, num_bands: int, concat_pos: bool = True, sine_only: bool = False) -> torch.Tensor:
+def fourier_channel_axes(
+    num_dims: int, num_bands: int, concat_pos: bool = True, sine_only: bool = False,
+) -> torch.Tensor:
     """The one axis each channel of `fourier_features` depends on: (channels,)."""
     bands = torch.arange(num_dims).repeat_interleave(num_bands)  # dim-major, as the features
     parts = [bands] if sine_only else [bands, bands]
