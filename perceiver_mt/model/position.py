@@ -108,7 +108,7 @@ class FourierPositionEncoding(nn.Module):
         tables = []
         for axis, size in enumerate(self.index_dims):
             positions = torch.zeros(size, D, dtype=self.features.dtype, device=self.features.device)
-            positions[:, axis] = torch.linspace(-1.0, 1.0, size, dtype=torch.float64).float()  # as linear_positions
+            positions[:, axis] = linear_positions((size,))[:, 0]  # the whole grid's coordinates along this axis
             features = fourier_features(positions, **options)
             tables.append(features * (owners == axis).to(features.device))
         return tuple(tables)
