@@ -16,10 +16,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from perceiver_mt.model.kernels import KERNELS
 from perceiver_mt.model.perceiver import EncoderConfig
 from perceiver_mt.parallel import ParallelConfig
 from perceiver_mt.sampling import STRATEGIES, SamplingConfig
+from perceiver_mt.speed.seam import SpeedConfig
+from perceiver_mt.speed.seam import check_config as check_speed_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -65,6 +66,7 @@ class RunConfig:
     seed: int = 0
     output_dir: str = "runs/default"  # metrics.json, checkpoints and logs go here
     model: EncoderConfig = field(default_factory=EncoderConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)  # faster ways to compute the same model (perceiver_mt.speed)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     steps_per_epoch: int | None = None  # None = the tasks' train batches added up
@@ -74,6 +76,15 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     ckpt_path: str | None = None  # resume from this checkpoint ("last" = output_dir/checkpoints/last.ckpt)
     test: bool = True  # evaluate the test split of every task after fitting
+
+
+# Keys that moved, old -> new. Saved configs (checkpoints' hyperparameters) are upgraded; a config file or
+# override that names an old key fails in one line saying where it went.
+MOVED_KEYS = {
+    "model.input_chunk_size": "speed.input_chunk_size",
+    "model.attention_kernel": "speed.attention_kernel",
+    "model.activation_checkpointing": "parallel.activation_checkpointing",
+}
 
 
 def _explain(error: OmegaConfBaseException, where: str = "") -> ConfigError:
@@ -107,15 +118,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), load_yaml(path))
+        values = load_yaml(path)
+        _refuse_moved_keys(values, f"in {str(path)!r}")
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), values)
         for override in overrides or []:
             if "=" not in override:
                 raise ConfigError(f"override {override!r} must look like dotted.key=value")
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([override]))
+            override_values = OmegaConf.from_dotlist([override])
+            _refuse_moved_keys(override_values, "in an override")
+            merged = OmegaConf.merge(merged, override_values)
         OmegaConf.resolve(merged)
-        if merged.model.attention_kernel not in KERNELS:
-            raise ConfigError(f"model.attention_kernel={merged.model.attention_kernel!r} is unknown; "
-                              f"choose one of {', '.join(KERNELS)}")
+        try:
+            check_speed_config(typing.cast(SpeedConfig, merged.speed))
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         if merged.sampling.strategy not in STRATEGIES:
             raise ConfigError(f"sampling.strategy={merged.sampling.strategy!r} is unknown; choose one of {', '.join(STRATEGIES)}")
         for name, task in merged.tasks.items():
@@ -124,6 +140,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         return typing.cast(RunConfig, OmegaConf.to_object(merged))
     except OmegaConfBaseException as error:
         raise _explain(error) from None
+
+
+def _refuse_moved_keys(values: DictConfig, where: str) -> None:
+    for old, new in MOVED_KEYS.items():
+        absent = object()
+        if OmegaConf.select(values, old, default=absent, throw_on_missing=False) is not absent:
+            raise ConfigError(f"config key '{old}' ({where}) moved to '{new}'")
 
 
 def validate_options(options_class: type, values: dict[str, Any], where: str) -> Any:
@@ -161,4 +184,12 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
 
 
 def from_dict(values: dict[str, Any]) -> RunConfig:
+    """A RunConfig saved with `to_dict` (e.g. a checkpoint's hyperparameters), keys that moved since upgraded."""
+    values = {section: dict(v) if isinstance(v, dict) else v for section, v in values.items()}
+    for old, new in MOVED_KEYS.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        if old_key in values.get(old_section, {}):
+            value = values[old_section].pop(old_key)
+            values.setdefault(new_section, {})
+            values[new_section][new_key] = values[new_section].get(new_key) or value  # a switch stays on if either was
     return typing.cast(RunConfig, OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), values)))

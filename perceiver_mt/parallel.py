@@ -2,9 +2,9 @@
 mixed precision, CPU offload, collective timeouts, and the two rules that make N ranks train exactly
 like one process.
 
-The model (`perceiver_mt.model`) is written for one device. `parallelize` applies, in a fixed order,
-activation checkpointing and then FSDP2 (`fully_shard`) per unit, each through a small `apply_*` helper
-that logs one line. The units:
+The model (`perceiver_mt.model`, with the speedups of `perceiver_mt.speed` already applied) is written for
+one device. `parallelize` applies, in a fixed order, activation checkpointing, compile and then FSDP2
+(`fully_shard`) per unit, each through a small `apply_*` helper that logs one line. The units:
 
     every encoder cross-attention layer   (the second one is reused by all later cross-attends)
     every latent self-attention layer     (applied `num_blocks` times with shared weights: wrapped once)
@@ -15,9 +15,11 @@ A unit whose task does not train at a step (same choice on every rank, see `samp
 forward, so no rank all-gathers or reduce-scatters it and its gradients stay None, as in one process.
 
 Data parallel "the same as one process" needs two things beyond averaging gradients:
-  * DDP without `find_unused_parameters`: the idle tasks' parameters join the loss with weight zero so
-    the reducer sees every parameter (`touch_idle_parameters`), and their gradients are dropped after
-    backward (`release_idle_gradients`) so AdamW skips them exactly as it does in one process.
+  * DDP without `find_unused_parameters`: the parameters a step's loss does not reach (the idle tasks', and
+    any a speedup leaves out because it cannot change the result, such as a key bias that softmax ignores)
+    join the loss with weight zero so the reducer sees every parameter (`unreached_parameters`,
+    `touch_parameters`), and their gradients are dropped after backward (`release_gradients`) so AdamW
+    skips them exactly as it does in one process.
   * Losses averaged over tokens (masked bytes) differ in count between ranks; `weigh_across_ranks`
     scales each rank's loss by its share of the global count, so the averaged gradient is the gradient
     of the global mean.
@@ -42,9 +44,12 @@ from lightning.pytorch.strategies.launchers.subprocess_script import _Subprocess
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from perceiver_mt.speed.layers import ChunkedDecoder
+
 SHARDINGS = ("full", "grad_op", "hybrid")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 CHECKPOINTS = ("sharded", "full")
+COMPILES = ("none", "latent_layers", "encoder")
 
 
 @dataclass
@@ -54,6 +59,10 @@ class ParallelConfig:
     timeout_s: float = 600.0
     init_timeout_s: float = 600.0  # the same bound for start-up: every rank joining, and the first step
     activation_checkpointing: bool = False  # recompute each layer's activations in backward: less memory, ~1/3 more compute
+    # torch.compile: none | latent_layers (each latent self-attention layer: fixed shapes, reused num_blocks
+    # times) | encoder (the whole encoder's forward, one graph per input shape). A GPU option: on CPU the
+    # first step pays minutes of compilation and measured no gain (docs/benchmarks.md).
+    compile: str = "none"
     # The rest applies to trainer.strategy=fsdp only.
     sharding: str = "full"  # full: params resharded after forward (least memory) | grad_op: kept to backward (less traffic) | hybrid: shard within a node, replicate across nodes
     param_dtype: str = "float32"  # float32 | bfloat16: dtype the layers compute in (all-gathered params)
@@ -69,7 +78,8 @@ def check_config(config: ParallelConfig, strategy: Any, accelerator: Any) -> Non
     from perceiver_mt.config import ConfigError  # imported here: config.py imports this module's schema
 
     for key, value, allowed in (("sharding", config.sharding, SHARDINGS), ("param_dtype", config.param_dtype, DTYPES),
-                                ("reduce_dtype", config.reduce_dtype, DTYPES), ("checkpoint", config.checkpoint, CHECKPOINTS)):
+                                ("reduce_dtype", config.reduce_dtype, DTYPES), ("checkpoint", config.checkpoint, CHECKPOINTS),
+                                ("compile", config.compile, COMPILES)):
         if value not in allowed:
             raise ConfigError(f"parallel.{key}={value!r} is unknown; choose one of {', '.join(allowed)}")
     for key in ("timeout_s", "init_timeout_s"):
@@ -94,7 +104,7 @@ def build_strategy(strategy: Any, config: ParallelConfig, accelerator: Any = "au
     check_config(config, strategy, accelerator)
     timeout = timedelta(seconds=config.init_timeout_s)
     if strategy == "ddp":
-        # find_unused_parameters stays off: idle tasks are handled by touch_idle_parameters.
+        # find_unused_parameters stays off: unused parameters are handled by touch_parameters.
         return DDPStrategy(timeout=timeout, find_unused_parameters=False)
     if strategy == "fsdp":
         return FSDP2Strategy(config)
@@ -161,11 +171,13 @@ def consolidate_checkpoint(folder: str | Path, output: str | Path) -> Path:
 # --- parallelize: applied once per model, in LightningModule.configure_model ----------------------------------
 
 def parallelize(model: nn.Module, config: ParallelConfig, mesh: Any = None) -> nn.Module:
-    """Activation checkpointing, then FSDP over `mesh` (None: no sharding). Idempotent."""
+    """Activation checkpointing, compile, then FSDP over `mesh` (None: no sharding). Idempotent."""
     if getattr(model, "_parallelized", False):
         return model
     if config.activation_checkpointing:
         apply_activation_checkpointing(model)
+    if config.compile != "none":
+        apply_compile(model, config.compile)
     if mesh is not None:
         apply_fsdp(model, mesh, config)
     model._parallelized = True
@@ -181,8 +193,20 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
         for i, layer in enumerate(layers):
             layers[i] = checkpoint_wrapper(layer)
     for task_model in model.tasks.values():
-        task_model.decoder = checkpoint_wrapper(task_model.decoder)
+        if isinstance(task_model.decoder, ChunkedDecoder):
+            # One checkpoint per chunk of queries: wrapped whole, backward would recompute all chunks at once.
+            task_model.decoder.checkpoint_chunks = True
+        else:
+            task_model.decoder = checkpoint_wrapper(task_model.decoder)
     rank_zero_info("Applied activation checkpointing to every encoder layer and task decoder")
+
+
+def apply_compile(model: nn.Module, what: str) -> None:
+    # Module.compile() compiles in place: parameter names, and so checkpoints, stay as they are.
+    modules = list(model.encoder.self_attentions) if what == "latent_layers" else [model.encoder]
+    for module in modules:
+        module.compile()
+    rank_zero_info(f"Applied torch.compile to {len(modules)} module(s) ({what})")
 
 
 def apply_fsdp(model: nn.Module, mesh: Any, config: ParallelConfig) -> None:
@@ -207,12 +231,18 @@ def apply_fsdp(model: nn.Module, mesh: Any, config: ParallelConfig) -> None:
     for task_model in model.tasks.values():
         fully_shard(task_model.decoder, mp_policy=decoder_policy, **common)
         fully_shard(task_model, mp_policy=outer_policy, **common)
+        # A chunked decoder runs the head inside its own forward, before its output is cast back.
+        task_model.head.register_forward_pre_hook(inputs_in_float32)
         # The system calls these methods, not forward(); FSDP must all-gather around them too.
         register_fsdp_forward_method(task_model, "encode_inputs")
         register_fsdp_forward_method(task_model, "decode")
     fully_shard(model, mp_policy=outer_policy, **common)
     rank_zero_info(f"Applied FSDP to the model (sharding={config.sharding}, param_dtype={config.param_dtype}, "
              f"reduce_dtype={config.reduce_dtype}, cpu_offload={config.cpu_offload}, mesh={tuple(mesh.shape)})")
+
+
+def inputs_in_float32(module: nn.Module, args: tuple) -> tuple:
+    return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
 
 
 # --- DDP: every parameter in every step, without find_unused_parameters ----------------------------------------
@@ -222,21 +252,30 @@ def touches_every_parameter(strategy: Strategy) -> bool:
     return isinstance(strategy, DDPStrategy)
 
 
-def idle_parameters(model: nn.Module, tasks: Iterable[str]) -> list[nn.Parameter]:
-    """Parameters of the task modules that do not train this step."""
-    training = set(tasks)
-    return [p for name, task_model in model.tasks.items() if name not in training
-            for p in task_model.parameters() if p.requires_grad]
+def unreached_parameters(loss: torch.Tensor, model: nn.Module) -> list[nn.Parameter]:
+    """Trainable parameters of `model` that `loss`'s autograd graph does not reach: those of the tasks that
+    did not train this step, and any that a speedup leaves out of the computation because they cannot change
+    it (an absorbed key bias: softmax ignores a shift of all of a query's scores)."""
+    reached, seen, stack = set(), set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if hasattr(node, "variable"):  # AccumulateGrad: the node that writes a leaf's .grad
+            reached.add(id(node.variable))
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return [p for p in model.parameters() if p.requires_grad and id(p) not in reached]
 
 
-def touch_idle_parameters(parameters: list[nn.Parameter]) -> torch.Tensor:
+def touch_parameters(parameters: list[nn.Parameter]) -> torch.Tensor:
     """Zero, with every given parameter in its graph: DDP then reduces (zero) gradients for all of them."""
     if not parameters:
         return torch.zeros(())
     return 0.0 * sum(p.sum() for p in parameters)
 
 
-def release_idle_gradients(parameters: list[nn.Parameter]) -> None:
+def release_gradients(parameters: list[nn.Parameter]) -> None:
     """Back to no gradient: AdamW then skips them (no moment decay, no weight decay), as in one process."""
     for p in parameters:
         p.grad = None

@@ -15,10 +15,11 @@ from perceiver_mt.config import RunConfig, from_dict, to_dict, validate_options
 from perceiver_mt.model.multitask import MultiTaskPerceiver
 from perceiver_mt.optim import build_optimizer
 from perceiver_mt.parallel import (
-    fsdp_mesh, idle_parameters, parallelize, release_idle_gradients, touch_idle_parameters, touches_every_parameter,
+    fsdp_mesh, parallelize, release_gradients, touch_parameters, touches_every_parameter, unreached_parameters,
     weigh_across_ranks,
 )
 from perceiver_mt.registry import load_task
+from perceiver_mt.speed import apply_speedups
 from perceiver_mt.task import Batch, Task
 
 SPLITS = ("train", "val", "test")
@@ -42,7 +43,8 @@ class MultiTaskSystem(LightningModule):
         self.run_config = from_dict(config)
         self.task_plugins = build_tasks(self.run_config)
         self.task_names = list(self.task_plugins)  # sorted: evaluation dataloader i is task_names[i]
-        self.model = MultiTaskPerceiver(self.run_config.model, self.task_plugins)
+        # The reference model with the configured speedups (same parameters): in training and in inference.
+        self.model = apply_speedups(MultiTaskPerceiver(self.run_config.model, self.task_plugins), self.run_config.speed)
         # Keyed "<split>_metrics" because nn.Module already has an attribute called `train`.
         self.metrics = nn.ModuleDict({
             f"{split}_metrics": nn.ModuleDict({
@@ -50,14 +52,14 @@ class MultiTaskSystem(LightningModule):
             })
             for split in SPLITS
         })
-        self._idle: list[nn.Parameter] = []  # DDP only: parameters of the tasks not training this step
+        self._unreached: list[nn.Parameter] = []  # DDP only: parameters this step's loss does not reach
 
     @classmethod
     def from_config(cls, config: RunConfig) -> "MultiTaskSystem":
         return cls(to_dict(config))
 
     def configure_model(self) -> None:
-        # All scaling (activation checkpointing, FSDP units, mixed precision) lives in perceiver_mt.parallel.
+        # All scaling (activation checkpointing, compile, FSDP units, mixed precision) lives in perceiver_mt.parallel.
         if self._trainer is None:  # load_from_checkpoint calls this too: a plain single-process model then
             return
         parallelize(self.model, self.run_config.parallel, fsdp_mesh(self.trainer.strategy))
@@ -73,9 +75,9 @@ class MultiTaskSystem(LightningModule):
         # Each rank's total is scaled by its share of the global batch, so their mean is the global loss.
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=1, sync_dist=True)
         if touches_every_parameter(self.trainer.strategy):
-            self._idle = idle_parameters(self.model, batch)
-            if self._idle:
-                total = total + touch_idle_parameters(self._idle)
+            self._unreached = unreached_parameters(total, self.model)
+            if self._unreached:
+                total = total + touch_parameters(self._unreached)
         return total
 
     def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -85,7 +87,7 @@ class MultiTaskSystem(LightningModule):
         self._shared_step("test", self.task_names[dataloader_idx], batch)
 
     def on_after_backward(self) -> None:
-        release_idle_gradients(self._idle)
+        release_gradients(self._unreached)
 
     def configure_optimizers(self) -> dict:
         total_steps = self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)

@@ -49,7 +49,9 @@ class Task(abc.ABC):
     def build_adapter(self) -> nn.Module:
         """Module: batch -> tokens (B, M, encoder.input_channels), or (tokens, pad_mask (B, M) True = pad).
 
-        Tokens on a grid with per-axis position features may be `GridTokens` (inference then never expands them).
+        Tokens of a grid that are [content | Fourier features of the position] are best made by a
+        `ConcatFourierPositions` as the adapter's last step: the speed layer then keeps the position features per
+        axis (`speed.grid_tokens`), and inference never repeats them for every point.
         """
 
     @abc.abstractmethod
@@ -63,8 +65,9 @@ class Task(abc.ABC):
     def build_head(self) -> nn.Module:
         """Module: decoder output (B, O, query_channels) -> the task's outputs (e.g. logits).
 
-        If `decoder_config()` sets `query_chunk_size`, the head runs on each chunk of queries and the
-        results are concatenated along dim 1, so it must map each query on its own (per pixel, per token).
+        With `speed.query_chunk_size` set and more queries than that, the head runs on each chunk of queries
+        and the results are concatenated along dim 1, so it must then map each query on its own (per pixel,
+        per token).
         """
 
     def init_weights(self, part: nn.Module) -> None:

@@ -38,7 +38,6 @@ class ByteMLMOptions:
     query_channels: int = 64
     query_context: int = 0  # bytes each side of a position mixed into its output query (0 = position only)
     decoder_heads: int = 1
-    query_chunk_size: int | None = None  # decode this many byte positions at a time (long seq_len); None = all
     position: str = "fourier"  # fourier | learned: position code of input tokens and output queries
     num_bands: int = 32  # Fourier bands (frequencies 1..seq_len/2) when position="fourier"
     mask_char: str = "\u2588"  # marks masked characters in text given to `make_batch`
@@ -137,11 +136,11 @@ class ByteMLMTask(Task):
 
     def decoder_config(self) -> DecoderConfig:
         o = self.options
-        return DecoderConfig(query_channels=o.query_channels, num_heads=o.decoder_heads,
-                             query_chunk_size=o.query_chunk_size)
+        return DecoderConfig(query_channels=o.query_channels, num_heads=o.decoder_heads)
 
     def build_head(self) -> nn.Module:
-        return nn.Linear(self.options.query_channels, NUM_BYTES)  # (B, L, 256) logits, per position
+        # (B, L, 256) logits, each position on its own: `speed.query_chunk_size` may decode long texts in chunks
+        return nn.Linear(self.options.query_channels, NUM_BYTES)
 
     def datamodule_defaults(self) -> dict:
         return {"seq_len": self.options.seq_len, "mask_prob": self.options.mask_prob}

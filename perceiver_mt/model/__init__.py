@@ -1,15 +1,9 @@
-"""Perceiver IO in pure PyTorch."""
+"""Perceiver IO in pure PyTorch: the reference model. Faster ways to compute it: `perceiver_mt.speed`."""
 
-from perceiver_mt.model.grid_tokens import GridTokens
 from perceiver_mt.model.multitask import MultiTaskPerceiver, TaskModel
-from perceiver_mt.model.perceiver import (
-    DecoderConfig,
-    EncoderConfig,
-    PerceiverDecoder,
-    PerceiverEncoder,
-    compile_latent_blocks,
-)
+from perceiver_mt.model.perceiver import DecoderConfig, EncoderConfig, PerceiverDecoder, PerceiverEncoder
 from perceiver_mt.model.position import (
+    ConcatFourierPositions,
     FourierPositionEncoding,
     LearnedPositionEncoding,
     fourier_channels,
@@ -18,8 +12,7 @@ from perceiver_mt.model.position import (
 )
 
 __all__ = [
-    "DecoderConfig", "EncoderConfig", "FourierPositionEncoding", "GridTokens", "LearnedPositionEncoding",
-    "MultiTaskPerceiver",
-    "PerceiverDecoder", "PerceiverEncoder", "TaskModel", "compile_latent_blocks", "fourier_channels",
-    "fourier_features", "linear_positions",
+    "ConcatFourierPositions", "DecoderConfig", "EncoderConfig", "FourierPositionEncoding", "LearnedPositionEncoding",
+    "MultiTaskPerceiver", "PerceiverDecoder", "PerceiverEncoder", "TaskModel", "fourier_channels", "fourier_features",
+    "linear_positions",
 ]

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from perceiver_mt.model.attention import set_attention_kernel
 from perceiver_mt.model.perceiver import EncoderConfig, PerceiverDecoder, PerceiverEncoder
 
 if TYPE_CHECKING:
@@ -34,10 +33,7 @@ class TaskModel(nn.Module):
         return adapted if isinstance(adapted, tuple) else (adapted, None)
 
     def decode(self, batch: Batch, latents: torch.Tensor) -> torch.Tensor:
-        queries = self.queries(batch)
-        if self.decoder.config.query_chunk_size:  # per-query head inside each chunk: see PerceiverDecoder
-            return self.decoder(queries, latents, head=self.head)
-        return self.head(self.decoder(queries, latents))
+        return self.head(self.decoder(self.queries(batch), latents))
 
 
 class MultiTaskPerceiver(nn.Module):
@@ -47,7 +43,6 @@ class MultiTaskPerceiver(nn.Module):
         super().__init__()
         self.encoder = PerceiverEncoder(encoder)
         self.tasks = nn.ModuleDict({name: TaskModel(task, encoder.latent_channels) for name, task in tasks.items()})
-        set_attention_kernel(self, encoder.attention_kernel)  # the decoders follow the encoder's setting
 
     def forward(self, task: str, batch: Batch) -> torch.Tensor:
         task_model = self.tasks[task]

@@ -14,10 +14,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from perceiver_mt.model.attention import CrossAttentionLayer, KeysValues, SelfAttentionLayer, set_attention_kernel
-from perceiver_mt.model.grid_tokens import GridTokens
+from perceiver_mt.model.attention import CrossAttentionLayer, SelfAttentionLayer
 from perceiver_mt.model.init import fan_in_init_
 
 
@@ -38,13 +36,6 @@ class EncoderConfig:
     num_self_attends_per_block: int = 2  # distinct layers in the latent block (parameters)
     num_blocks: int = 1  # times the latent block is applied, sharing weights (compute, no parameters)
     dropout: float = 0.0
-    activation_checkpointing: bool = False  # recompute each layer in backward: less memory, ~1/3 more compute
-    # Cross-attend to this many input points at a time, each chunk's keys/values recomputed in backward:
-    # training memory for one chunk's instead of all inputs'. For inputs of 100k+ points; None = all at once.
-    input_chunk_size: int | None = None
-    # auto | fused | matmul, for every attention of the network (task decoders too): "auto" picks per device
-    # and shape as measured (perceiver_mt/model/kernels.py); "fused" keeps SDPA everywhere (least memory).
-    attention_kernel: str = "auto"
 
 
 @dataclass
@@ -56,8 +47,6 @@ class DecoderConfig:
     widening_factor: int = 1
     query_residual: bool = True  # add the query back after attention (off for pure-position queries)
     dropout: float = 0.0
-    activation_checkpointing: bool = False  # recompute the decoder layer in backward
-    query_chunk_size: int | None = None  # decode this many queries at a time (e.g. per-pixel outputs); None = all
 
 
 class PerceiverEncoder(nn.Module):
@@ -80,7 +69,6 @@ class PerceiverEncoder(nn.Module):
                 c.latent_channels, c.input_channels, c.num_cross_attention_heads,
                 c.cross_attention_qk_channels, c.cross_attention_v_channels,
                 c.cross_attention_widening_factor, query_residual=True, dropout=c.dropout,
-                kv_chunk_size=c.input_chunk_size,
             )
 
         # The first cross-attention has its own weights; all later ones share the second's.
@@ -92,38 +80,20 @@ class PerceiverEncoder(nn.Module):
             )
             for _ in range(c.num_self_attends_per_block)
         )
-        set_attention_kernel(self, c.attention_kernel)
         fan_in_init_(self)
 
-    def forward(self, tokens: torch.Tensor | GridTokens, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens: (B, M, C) or GridTokens, pad_mask: (B, M) True = padding  ->  latents (B, N, D)."""
+    def forward(self, tokens: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens: (B, M, C), pad_mask: (B, M) True = padding  ->  latents (B, N, D)."""
         B, M, C = tokens.shape
         if C != self.config.input_channels:
             raise ValueError(f"encoder expects tokens of {self.config.input_channels} channels, got shape {tuple(tokens.shape)}")
         x = self.latents.expand(B, -1, -1)  # (B, N, D)
         for block in range(self.config.num_blocks):
             if block < self.config.num_cross_attends:
-                x = self._call(self.cross_attentions[min(block, 1)], x, tokens, pad_mask)
+                x = self.cross_attentions[min(block, 1)](x, tokens, pad_mask)
             for layer in self.self_attentions:
-                x = self._call(layer, x)
+                x = layer(x)
         return x
-
-    def _call(self, layer: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
-        if self.config.activation_checkpointing and torch.is_grad_enabled():
-            return checkpoint(layer, *args, use_reentrant=False)
-        return layer(*args)
-
-
-def compile_latent_blocks(encoder: PerceiverEncoder, **compile_kwargs: object) -> PerceiverEncoder:
-    """torch.compile each latent self-attention layer in place (parameter names unchanged).
-
-    The latent layers are where the FLOPs are for long inputs' fixed-size latents, their shapes never
-    change with input length, and one compiled layer is reused `num_blocks` times. Mostly a GPU win
-    (fused norms/GELU/residuals); on CPU the first step pays minutes of compilation.
-    """
-    for layer in encoder.self_attentions:
-        layer.compile(**compile_kwargs)
-    return encoder
 
 
 class PerceiverDecoder(nn.Module):
@@ -138,33 +108,6 @@ class PerceiverDecoder(nn.Module):
         )
         fan_in_init_(self)
 
-    def forward(
-        self, queries: torch.Tensor | GridTokens, latents: torch.Tensor, head: nn.Module | None = None,
-    ) -> torch.Tensor:
-        """queries: (B, O, Cq) or GridTokens, latents: (B, N, D)  ->  (B, O, Cq), or `head` of that.
-
-        With `query_chunk_size`, `head` runs on each chunk of queries (inside the chunk's checkpoint) and
-        the chunks' results are concatenated along dim 1, so per-query outputs (pixels, tokens) never hold
-        the (B, O, Cq) decoder features of all queries at once; such a head must map queries independently.
-        """
-        chunk = self.config.query_chunk_size or queries.shape[1]
-        # Keys and values once for all queries; queries are independent of each other, so chunking changes
-        # memory, not results. Without checkpointing, autograd still keeps every chunk's activations; the
-        # two go together for per-pixel outputs whose (O x D) activations would not fit at once.
-        kv = self.cross_attention.keys_values(latents, queries.shape[1])
-        outputs = [self._call(part, kv, head) for part in queries.split(chunk, dim=1)]
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
-
-    def _decode(self, queries: torch.Tensor, kv: KeysValues, head: nn.Module | None) -> torch.Tensor:
-        decoded = self.cross_attention.attend(queries, kv)
-        if head is None:
-            return decoded
-        # The head computes in its own parameters' precision, which FSDP mixed precision may keep
-        # higher than the decoder's.
-        weight = next(head.parameters(), None)
-        return head(decoded if weight is None else decoded.to(weight.dtype))
-
-    def _call(self, queries: torch.Tensor, kv: KeysValues, head: nn.Module | None) -> torch.Tensor:
-        if self.config.activation_checkpointing and torch.is_grad_enabled():
-            return checkpoint(self._decode, queries, kv, head, use_reentrant=False)
-        return self._decode(queries, kv, head)
+    def forward(self, queries: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """queries: (B, O, Cq), latents: (B, N, D)  ->  (B, O, Cq)."""
+        return self.cross_attention(queries, latents)

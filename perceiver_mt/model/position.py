@@ -13,8 +13,6 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from perceiver_mt.model.grid_tokens import GridTokens, grid_positions
-
 
 def linear_positions(index_dims: Sequence[int], output_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
     """Grid positions of an array of shape `index_dims`  ->  (prod(index_dims), len(index_dims))."""
@@ -52,21 +50,11 @@ def fourier_channels(num_dims: int, num_bands: int, concat_pos: bool = True, sin
     return num_dims * (num_bands * (1 if sine_only else 2) + (1 if concat_pos else 0))
 
 
-def fourier_channel_axes(
-    num_dims: int, num_bands: int, concat_pos: bool = True, sine_only: bool = False,
-) -> torch.Tensor:
-    """The one axis each channel of `fourier_features` depends on: (channels,)."""
-    bands = torch.arange(num_dims).repeat_interleave(num_bands)  # dim-major, as the features
-    parts = [bands] if sine_only else [bands, bands]
-    return torch.cat([torch.arange(num_dims), *parts] if concat_pos else parts)
-
-
 class FourierPositionEncoding(nn.Module):
     """Fixed Fourier features of a full grid of shape `index_dims`, kept as a non-trainable buffer.
 
-    `cached=False` recomputes them at every forward instead, per axis (`axis_tables`) and summed on the grid:
-    for grids of 100k+ points, whose feature table (188 MB for a 368 x 496 image at 64 bands) would
-    otherwise stay resident beside training's peak. `grid_tokens` keeps them per axis for GridTokens.
+    `cached=False` recomputes them at every forward instead: for grids of 100k+ points, whose feature table
+    (188 MB for a 368 x 496 image at 64 bands) would otherwise stay resident beside training's peak.
     """
 
     def __init__(
@@ -93,29 +81,40 @@ class FourierPositionEncoding(nn.Module):
         return self._num_channels
 
     def forward(self, batch_size: int) -> torch.Tensor:
-        features = self.features if self.cached else grid_positions(self.axis_tables())
+        if self.cached:
+            features = self.features
+        else:  # positions in the (empty) buffer's dtype and device, which follow the module
+            features = fourier_features(linear_positions(self.index_dims).to(self.features), **self.feature_options)
         return features.expand(batch_size, -1, -1)  # (B, M, C)
 
-    def axis_tables(self) -> tuple[torch.Tensor, ...]:
-        """One (index_dims[a], C) table per axis whose sum on the grid is the features (GridTokens' form).
 
-        Each channel depends on one axis (its position, or a sine/cosine of it), so table a holds axis a's
-        channels, computed exactly as for the whole grid, and zeros elsewhere.
-        """
-        D = len(self.index_dims)
-        options = self.feature_options
-        owners = fourier_channel_axes(D, options["num_bands"], options["concat_pos"], options["sine_only"])
-        tables = []
-        for axis, size in enumerate(self.index_dims):
-            positions = torch.zeros(size, D, dtype=self.features.dtype, device=self.features.device)
-            positions[:, axis] = linear_positions((size,))[:, 0]  # the whole grid's coordinates along this axis
-            features = fourier_features(positions, **options)
-            tables.append(features * (owners == axis).to(features.device))
-        return tuple(tables)
+class ConcatFourierPositions(nn.Module):
+    """Tokens of a grid: each point's content followed by the Fourier features of its position.
 
-    def grid_tokens(self, content: torch.Tensor) -> GridTokens:
-        """[content | these features] of every grid point as GridTokens: content (B, M, Cc)."""
-        return GridTokens(content, self.axis_tables())
+    content (B, M, Cc) with M = prod(index_dims) points in row-major order  ->  (B, M, Cc + num_channels).
+    Adapters whose tokens are [content | positions] build them here (the speed layer can then keep the
+    position features per axis instead of repeating them for every point, see perceiver_mt/speed/grid_tokens.py).
+    """
+
+    def __init__(
+        self,
+        index_dims: Sequence[int],
+        num_bands: int,
+        max_resolution: Sequence[int] | None = None,
+        concat_pos: bool = True,
+        sine_only: bool = False,
+        cached: bool = True,
+    ):
+        super().__init__()
+        self.position = FourierPositionEncoding(index_dims, num_bands, max_resolution, concat_pos, sine_only, cached)
+
+    @property
+    def num_channels(self) -> int:
+        """Position channels appended to the content."""
+        return self.position.num_channels
+
+    def forward(self, content: torch.Tensor) -> torch.Tensor:
+        return torch.cat([content, self.position(content.shape[0])], dim=-1)  # (B, M, Cc + Cp)
 
 
 class LearnedPositionEncoding(nn.Module):

@@ -1,21 +1,18 @@
 """Which attention computation runs where: PyTorch's fused kernels (SDPA) or two GEMMs and a softmax.
 
-The choice depends on the device and the shapes, from measurements (docs/benchmarks.md); a block of
-code can force one with `force_attention_kernel`. Also here: CPU query folding, which makes PyTorch's
+The choice depends on the device and the shapes, from measurements (docs/benchmarks.md), unless the
+speed config (`speed.attention_kernel`) fixes one. Also here: CPU query folding, which makes PyTorch's
 CPU attention backward use every thread when there are fewer (batch x heads) than threads.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 
 KERNELS = ("auto", "fused", "matmul")
-_forced_kernel = "auto"
 FUSED_QUERY_BLOCK = 64  # queries per thread block in PyTorch's CUDA memory-efficient attention (fp32)
 # CUDA's fused kernels are built for heads of up to 128 channels (flash: 256). Wider heads, like the one
 # 512-channel head of DeepMind's per-pixel flow decoder, train 2-4x faster as GEMMs on an H200
@@ -39,17 +36,9 @@ def matmul_attention(
     return probs @ v
 
 
-def check_kernel(kernel: str, where: str = "attention kernel") -> str:
-    if kernel not in KERNELS:
-        raise ValueError(f"unknown {where} {kernel!r}; choose one of {', '.join(KERNELS)}")
-    return kernel
-
-
 def attention_kernel(q: torch.Tensor, k: torch.Tensor, preferred: str = "auto") -> str:
-    """"fused" (SDPA) or "matmul" for these shapes: `force_attention_kernel`, else the module's
-    `preferred` kernel (a model option), else the measured rule below."""
-    if _forced_kernel != "auto":
-        return _forced_kernel
+    """"fused" (SDPA) or "matmul" for these shapes: the `preferred` kernel, or where that is "auto", the
+    measured rule below."""
     if preferred != "auto":
         return preferred
     if q.device.type != "cuda":
@@ -84,17 +73,6 @@ def fused_kernel_starves(
     """
     blocks = batch * heads * math.ceil(queries / FUSED_QUERY_BLOCK)
     return dtype == torch.float32 and blocks < multiprocessors and keys >= 8 * queries
-
-
-@contextlib.contextmanager
-def force_attention_kernel(kernel: str) -> Iterator[None]:
-    """Within this block every attention uses `kernel` ("auto", "fused" or "matmul"): for benchmarks and tests."""
-    global _forced_kernel
-    previous, _forced_kernel = _forced_kernel, check_kernel(kernel)
-    try:
-        yield
-    finally:
-        _forced_kernel = previous
 
 
 def query_groups(q: torch.Tensor, k: torch.Tensor) -> int:

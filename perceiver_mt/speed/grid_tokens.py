@@ -6,6 +6,11 @@ on one axis only, so the position block of pixel (i, j) is rows[i] + columns[j] 
 that way, a LayerNorm's statistics and every dot product with a weight vector cost per axis instead of per
 token for the position channels: `grid_attention` cross-attends between latents and such tokens multiplying
 the content channels only. Anything else calls `materialize()` for the ordinary (B, M, C) tensor.
+
+With `speed.grid_tokens`, every `ConcatFourierPositions` of a model becomes a `GridFourierPositions`, which
+returns GridTokens; they pass through `PerceiverEncoder` / `PerceiverDecoder` (which only read `.shape`) to
+the cross-attention layers of `speed/layers.py`, which take them. So such a module's output must go to the
+encoder or decoder as it is (an adapter's or a query module's last step).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
+
+from perceiver_mt.model.position import ConcatFourierPositions, FourierPositionEncoding, fourier_features, linear_positions
 
 
 @dataclass(frozen=True, eq=False)  # identity semantics: fields are tensors
@@ -174,3 +181,35 @@ class GridPoints:
 
     def materialize(self) -> torch.Tensor:
         return self.tokens.points(self.start, self.stop)
+
+
+class GridFourierPositions(ConcatFourierPositions):
+    """`ConcatFourierPositions` whose tokens are GridTokens: the Fourier features stay one table per axis."""
+
+    def forward(self, content: torch.Tensor) -> GridTokens:  # type: ignore[override]
+        return GridTokens(content, fourier_axis_tables(self.position))
+
+
+def fourier_axis_tables(encoding: FourierPositionEncoding) -> tuple[torch.Tensor, ...]:
+    """One (index_dims[a], C) table per axis whose sum on the grid is `encoding`'s features, bit for bit.
+
+    Each channel depends on one axis (its position, or a sine/cosine of it), so table a holds axis a's
+    channels, computed exactly as for the whole grid, and zeros elsewhere.
+    """
+    dims, options = encoding.index_dims, encoding.feature_options
+    owners = fourier_channel_axes(len(dims), options["num_bands"], options["concat_pos"], options["sine_only"])
+    buffer = encoding.features  # empty when uncached: it only gives the module's dtype and device
+    tables = []
+    for axis, size in enumerate(dims):
+        positions = torch.zeros(size, len(dims), dtype=buffer.dtype, device=buffer.device)
+        positions[:, axis] = linear_positions((size,))[:, 0]  # the whole grid's coordinates along this axis
+        features = fourier_features(positions, **options)
+        tables.append(features * (owners == axis).to(features.device))
+    return tuple(tables)
+
+
+def fourier_channel_axes(num_dims: int, num_bands: int, concat_pos: bool = True, sine_only: bool = False) -> torch.Tensor:
+    """The one axis each channel of `fourier_features` depends on: (channels,)."""
+    bands = torch.arange(num_dims).repeat_interleave(num_bands)  # dim-major, as the features
+    parts = [bands] if sine_only else [bands, bands]
+    return torch.cat([torch.arange(num_dims), *parts] if concat_pos else parts)

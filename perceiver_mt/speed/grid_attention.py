@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from perceiver_mt.model.grid_tokens import GridTokens, on_grid
+from perceiver_mt.speed.grid_tokens import GridTokens, on_grid
 
 # Scores are materialised this many at a time (per batch x head): big enough for efficient GEMMs, small
 # enough to stay in cache between the passes over them.
