@@ -6,7 +6,7 @@ same number serves every implementation and an implementation doing extra work g
 A training step is counted as 3x the forward (backward = 2x: gradients for inputs and for weights).
 
 `absorbed=True` counts what this project's model executes on a CPU instead: its cross-attentions multiply
-the projections in the cheapest order (perceiver_mt/model/absorption.py), the same function in fewer FLOPs.
+the projections in the cheapest order (perceiver_mt/speed/absorption.py), the same function in fewer FLOPs.
 Throughput ratios and "share of the matmul peak" figures use the nominal count, the same for everyone.
 Config C's inference forward executes less again (GridTokens: 0.63 TFLOP by `FlopCounterMode`, with the
 parameters frozen so that it runs the inference path); this count does not model it.
@@ -15,7 +15,7 @@ parameters frozen so that it runs the inference path); this count does not model
 from __future__ import annotations
 
 from benchmarks.configs import ClassifierConfig, FlowConfig
-from perceiver_mt.model.absorption import PROJECTED, attention_plan, order_costs
+from perceiver_mt.speed.absorption import PROJECTED, attention_plan, order_costs
 
 
 def linear(tokens: int, fan_in: int, fan_out: int) -> int:

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.configs import ClassifierConfig, FlowConfig
+
+if TYPE_CHECKING:
+    from perceiver_mt.speed import SpeedConfig
 
 IMPLEMENTATIONS = ("ours", "hf", "krasserm", "lucidrains")
 
@@ -32,7 +35,6 @@ IMPLEMENTATIONS = ("ours", "hf", "krasserm", "lucidrains")
 class Bench:
     model: nn.Module
     run: Callable[[torch.Tensor], torch.Tensor]  # shared inputs -> outputs
-    attention_kernel: str = "auto"  # this project's attention kernel choice, forced for a comparison
 
     def parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
@@ -56,44 +58,36 @@ def loss_fn(config: ClassifierConfig | FlowConfig, outputs: torch.Tensor, target
 
 
 # --- this project ---------------------------------------------------------------------------------------
-class OursClassifier(nn.Module):
-    def __init__(self, c: ClassifierConfig, activation_checkpointing: bool = False, input_chunk_size: int | None = None):
-        super().__init__()
-        from perceiver_mt.model import DecoderConfig, EncoderConfig, PerceiverDecoder, PerceiverEncoder
-
-        self.encoder = PerceiverEncoder(EncoderConfig(
-            input_channels=c.input_channels, num_latents=c.num_latents, latent_channels=c.latent_channels,
-            num_cross_attention_heads=c.cross_heads, cross_attention_qk_channels=c.input_channels,
-            cross_attention_v_channels=c.input_channels, cross_attention_widening_factor=c.widening,
-            num_self_attention_heads=c.self_heads, self_attention_widening_factor=c.widening,
-            num_self_attends_per_block=c.self_layers, activation_checkpointing=activation_checkpointing,
-            input_chunk_size=input_chunk_size,
-        ))
-        self.query = nn.Parameter(torch.randn(1, 1, c.latent_channels) * 0.02)
-        self.decoder = PerceiverDecoder(DecoderConfig(query_channels=c.latent_channels), c.latent_channels)
-        self.head = nn.Linear(c.latent_channels, c.num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        latents = self.encoder(x)  # (B, N, D)
-        return self.head(self.decoder(self.query.expand(x.shape[0], -1, -1), latents))[:, 0]  # (B, classes)
-
-
 CHUNK = 4096  # input points (and, for per-pixel outputs, queries) per chunk in the memory-saving variants
 
 
-def build_ours(c: ClassifierConfig | FlowConfig, checkpointing: bool = False, chunked: bool = False) -> Bench:
-    """`chunked`: the encoder cross-attends to CHUNK inputs at a time, each chunk recomputed in backward.
-    Checkpointed per-pixel outputs are decoded CHUNK queries at a time as well, so together no activation
-    over all 182k points of config C lives at once."""
-    input_chunk = CHUNK if chunked or checkpointing else None
-    if isinstance(c, FlowConfig):
-        from benchmarks.flow import OpticalFlowPerceiver
+def build_ours(
+    c: ClassifierConfig | FlowConfig, checkpointing: bool = False, chunked: bool = False, compile: bool = False,
+    speed: SpeedConfig | None = None,
+) -> Bench:
+    """This project's model as training builds it: the reference model, the speedups (`speed`; default: the
+    training defaults), then `parallelize`'s activation checkpointing and compile. `chunked`: the encoder
+    cross-attends to CHUNK inputs at a time, each chunk recomputed in backward. Checkpointed per-pixel outputs
+    are decoded CHUNK queries at a time as well, so together no activation over all 182k points of config C
+    lives at once."""
+    from benchmarks.classifier import build_classifier_model, classify
+    from benchmarks.flow import build_flow_model, flow
+    from perceiver_mt.speed import SpeedConfig, apply_speedups
 
-        query_chunk = CHUNK if checkpointing else None  # without checkpointing, chunks of queries save nothing
-        model = OpticalFlowPerceiver(c, checkpointing, query_chunk_size=query_chunk, input_chunk_size=input_chunk)
-    else:
-        model = OursClassifier(c, checkpointing, input_chunk)
-    return Bench(model, model)
+    speed = speed or SpeedConfig()
+    speed.input_chunk_size = CHUNK if chunked or checkpointing else None
+    # Without checkpointing, chunks of queries save nothing: autograd keeps every chunk's activations.
+    speed.query_chunk_size = CHUNK if checkpointing and isinstance(c, FlowConfig) else None
+    model, run = (build_flow_model(c), flow) if isinstance(c, FlowConfig) else (build_classifier_model(c), classify)
+    apply_speedups(model, speed)
+    if checkpointing or compile:
+        # Imported only here: the parallel layer loads Lightning, ~0.18 GB of resident memory that the
+        # plain variants do not pay (and no other implementation does).
+        from perceiver_mt.parallel import ParallelConfig, parallelize
+
+        parallelize(model, ParallelConfig(activation_checkpointing=checkpointing,
+                                          compile="latent_layers" if compile else "none"))
+    return Bench(model, lambda x: run(model, x))
 
 
 # --- Hugging Face transformers ----------------------------------------------------------------------------
@@ -212,29 +206,31 @@ def build_lucidrains(c: ClassifierConfig | FlowConfig, checkpointing: bool = Fal
 BUILDERS = {"ours": build_ours, "hf": build_hf, "krasserm": build_krasserm, "lucidrains": build_lucidrains}
 
 
+OURS_ONLY = {"chunk", "compile", "fused", "matmul", "projected", "reference"}
+
+
 def build(implementation: str, config: ClassifierConfig | FlowConfig) -> Bench:
     """`implementation` is one of IMPLEMENTATIONS, optionally with options: "+ckpt" (activation
     checkpointing), and for ours "+chunk" (cross-attention over inputs in chunks, see `build_ours`),
     "+compile" (torch.compile of the latent layers), "+fused" / "+matmul" (every attention through
-    SDPA's fused kernels / through two GEMMs, instead of choosing per shape) and "+projected" (every
-    attention multiplies its projections in the order the other implementations use)."""
+    SDPA's fused kernels / through two GEMMs, instead of choosing per shape), "+projected" (every
+    attention multiplies its projections in the order the other implementations use) and "+reference"
+    (no speedups at all: the reference model as perceiver_mt/model/ writes it)."""
     name, *options = implementation.split("+")
-    ours_only = {"chunk", "compile", "fused", "matmul", "projected"}
-    if (name not in BUILDERS or not set(options) <= {"ckpt"} | ours_only
-            or (set(options) & ours_only and name != "ours") or {"fused", "matmul"} <= set(options)):
+    chosen = set(options)
+    if (name not in BUILDERS or not chosen <= {"ckpt"} | OURS_ONLY or (chosen & OURS_ONLY and name != "ours")
+            or {"fused", "matmul"} <= chosen or ("reference" in chosen and chosen & {"chunk", "fused", "matmul", "projected"})):
         raise ValueError(f"unknown implementation {implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}, "
-                         "optionally +ckpt, and for ours +chunk, +compile, +projected and +fused or +matmul")
+                         "optionally +ckpt, and for ours +chunk, +compile, +projected, +fused or +matmul, or +reference")
     torch.manual_seed(0)
-    extra = {"chunked": True} if "chunk" in options else {}
-    bench = BUILDERS[name](config, checkpointing="ckpt" in options, **extra)
-    bench.attention_kernel = next((o for o in options if o in ("fused", "matmul")), "auto")
-    if "projected" in options:
-        from perceiver_mt.model.absorption import PROJECTED
-        from perceiver_mt.model.attention import pin_attention_plan
+    if name != "ours":
+        return BUILDERS[name](config, checkpointing="ckpt" in chosen)
+    from perceiver_mt.speed import SpeedConfig
 
-        pin_attention_plan(bench.model, PROJECTED)
-    if "compile" in options:
-        from perceiver_mt.model import compile_latent_blocks
-
-        compile_latent_blocks(bench.model.encoder)
-    return bench
+    speed = SpeedConfig(
+        enabled="reference" not in chosen,
+        projection_order="projected" if "projected" in chosen else "cheapest",
+        attention_kernel=next((o for o in options if o in ("fused", "matmul")), "auto"),
+    )
+    return build_ours(config, checkpointing="ckpt" in chosen, chunked="chunk" in chosen, compile="compile" in chosen,
+                      speed=speed)

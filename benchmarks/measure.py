@@ -69,10 +69,6 @@ def measure(
         stack = contextlib.ExitStack()
         if autocast != "none":
             stack.enter_context(torch.autocast(device.split(":")[0], dtype=getattr(torch, autocast)))
-        if bench.attention_kernel != "auto":
-            from perceiver_mt.model.kernels import force_attention_kernel
-
-            stack.enter_context(force_attention_kernel(bench.attention_kernel))
         if sdpa != "default":
             from torch.nn.attention import SDPBackend, sdpa_kernel
 

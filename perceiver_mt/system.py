@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from perceiver_mt.config import RunConfig, from_dict, to_dict, validate_options
@@ -44,7 +45,8 @@ class MultiTaskSystem(LightningModule):
         self.task_plugins = build_tasks(self.run_config)
         self.task_names = list(self.task_plugins)  # sorted: evaluation dataloader i is task_names[i]
         # The reference model with the configured speedups (same parameters): in training and in inference.
-        self.model = apply_speedups(MultiTaskPerceiver(self.run_config.model, self.task_plugins), self.run_config.speed)
+        self.model = apply_speedups(MultiTaskPerceiver(self.run_config.model, self.task_plugins), self.run_config.speed,
+                                    log=rank_zero_info)
         # Keyed "<split>_metrics" because nn.Module already has an attribute called `train`.
         self.metrics = nn.ModuleDict({
             f"{split}_metrics": nn.ModuleDict({

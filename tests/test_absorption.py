@@ -1,4 +1,5 @@
-"""Cross-attention in every projection order: the same function and gradients, and the cheapest order chosen."""
+"""Cross-attention in every projection order (the speed layer's FastAttention): the same function and gradients
+as the reference attention, and the cheapest order chosen."""
 
 from __future__ import annotations
 
@@ -8,18 +9,26 @@ import pytest
 import torch
 
 from perceiver_mt.model import DecoderConfig, PerceiverDecoder
-from perceiver_mt.model.absorption import PROJECTED, SCORE_ORDERS, VALUE_ORDERS, AttentionPlan, attention_plan
 from perceiver_mt.model.attention import MultiHeadAttention
-from perceiver_mt.model.kernels import force_attention_kernel
+from perceiver_mt.speed import SpeedConfig, apply_speedups, swap_modules
+from perceiver_mt.speed.absorption import PROJECTED, SCORE_ORDERS, VALUE_ORDERS, AttentionPlan, attention_plan
+from perceiver_mt.speed.attention import FastAttention
 from tests.test_model import reference_attention
 
 PLANS = [AttentionPlan(s, v) for s, v in itertools.product(SCORE_ORDERS, VALUE_ORDERS)]
 
 
+def fast(attention: MultiHeadAttention, plan: AttentionPlan | None = None, kernel: str = "auto") -> FastAttention:
+    swap_modules(attention, MultiHeadAttention, FastAttention, plan=plan, kernel=kernel)
+    return attention
+
+
 def outputs_and_gradients(attention, run, x_q, x_kv):
     out = run(x_q, x_kv)
-    inputs = [x_q, x_kv, *attention.parameters()]  # every parameter gets a gradient (DDP needs them all)
-    return out, torch.autograd.grad(out.square().sum(), inputs)
+    inputs = [x_q, x_kv, *attention.parameters()]
+    # A parameter an order leaves out (an absorbed key bias, which softmax ignores) gets no gradient: zero here,
+    # as the reference's is up to rounding. DDP's need for every parameter is met by parallel.py.
+    return out, torch.autograd.grad(out.square().sum(), inputs, allow_unused=True, materialize_grads=True)
 
 
 @pytest.mark.parametrize("kernel", ["fused", "matmul"])
@@ -37,15 +46,17 @@ def test_every_projection_order_is_the_same_attention(plan, num_heads, kernel):
 
     expected, expected_grads = outputs_and_gradients(
         attention, lambda q, kv: reference_attention(attention, q, kv, pad_mask), x_q, x_kv)
-    attention.plan = plan
-    with force_attention_kernel(kernel):
-        got, got_grads = outputs_and_gradients(attention, lambda q, kv: attention(q, kv, pad_mask), x_q, x_kv)
-        chunked, chunked_grads = outputs_and_gradients(
-            attention, lambda q, kv: attention.forward_in_chunks(q, kv, torch.nn.Identity(), 4, pad_mask), x_q, x_kv)
+    plain, plain_grads = outputs_and_gradients(attention, lambda q, kv: attention(q, kv, pad_mask), x_q, x_kv)
+    fast(attention, plan, kernel)
+    got, got_grads = outputs_and_gradients(attention, lambda q, kv: attention(q, kv, pad_mask), x_q, x_kv)
+    chunked, chunked_grads = outputs_and_gradients(
+        attention, lambda q, kv: attention.forward_in_chunks(q, kv, torch.nn.Identity(), 4, pad_mask), x_q, x_kv)
+    torch.testing.assert_close(plain, expected)  # the reference path itself
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(chunked, expected)
     names = ["x_q", "x_kv", *dict(attention.named_parameters())]
-    for name, g, c, e in zip(names, got_grads, chunked_grads, expected_grads):
+    for name, p, g, c, e in zip(names, plain_grads, got_grads, chunked_grads, expected_grads):
+        torch.testing.assert_close(p, e, msg=name)
         torch.testing.assert_close(g, e, msg=name)
         torch.testing.assert_close(c, e, msg=name)
 
@@ -55,6 +66,7 @@ def test_every_order_runs_under_bf16_autocast_like_the_projected_one():
     attention = MultiHeadAttention(q_channels=5, kv_channels=4, qk_channels=12, v_channels=18, out_channels=7)
     x_q, x_kv = torch.randn(2, 64, 5), torch.randn(2, 9, 4)
     expected = attention(x_q, x_kv)
+    fast(attention)
     for plan in PLANS:
         attention.plan = plan
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -80,17 +92,18 @@ def test_the_cheapest_order_is_chosen_where_it_saves_flops():
 
 
 def test_attention_dropout_keeps_the_projected_order_while_training():
-    attention = MultiHeadAttention(q_channels=8, kv_channels=2, qk_channels=32, dropout=0.1)
+    attention = fast(MultiHeadAttention(q_channels=8, kv_channels=2, qk_channels=32, dropout=0.1))
     assert attention.plan_for(16, 1000) == PROJECTED  # dropped probabilities do not sum to one
     assert attention.eval().plan_for(16, 1000) == AttentionPlan("absorb_keys", "absorb_values")
 
 
 def test_chunked_decoding_prepares_keys_and_values_once():
     torch.manual_seed(0)
-    decoder = PerceiverDecoder(DecoderConfig(query_channels=3, qk_channels=32, v_channels=32, query_chunk_size=5,
-                                             query_residual=False), latent_channels=32)
+    decoder = PerceiverDecoder(DecoderConfig(query_channels=3, qk_channels=32, v_channels=32, query_residual=False),
+                               latent_channels=32)
     whole = PerceiverDecoder(DecoderConfig(query_channels=3, qk_channels=32, v_channels=32, query_residual=False), 32)
     whole.load_state_dict(decoder.state_dict())
+    apply_speedups(decoder, SpeedConfig(query_chunk_size=5))
     queries, latents = torch.randn(2, 23, 3), torch.randn(2, 4, 32)
     attention, calls = decoder.cross_attention.attention, []
     prepare = attention.keys_values
@@ -115,7 +128,7 @@ def graph_names(tensor: torch.Tensor) -> set[str]:
 @pytest.mark.parametrize("plan", PLANS, ids=lambda p: f"{p.scores}-{p.values}")
 def test_every_order_keeps_cpu_flash_attention(plan):
     """CPU flash attention needs equal q/k and v widths (else scores are materialised); orders change widths."""
-    attention = MultiHeadAttention(q_channels=5, kv_channels=4, qk_channels=12, v_channels=18, out_channels=7)
-    attention.plan = plan
+    attention = fast(MultiHeadAttention(q_channels=5, kv_channels=4, qk_channels=12, v_channels=18, out_channels=7),
+                     plan)
     out = attention(torch.randn(2, 64, 5, requires_grad=True), torch.randn(2, 9, 4))
     assert "ScaledDotProductFlashAttentionForCpuBackward0" in graph_names(out)

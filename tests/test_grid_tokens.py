@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 
-from perceiver_mt.model import DecoderConfig, EncoderConfig, FourierPositionEncoding, GridTokens, PerceiverDecoder
-from perceiver_mt.model.attention import GRID_KEYS, CrossAttentionLayer
-from perceiver_mt.model.perceiver import PerceiverEncoder
+from perceiver_mt.model import ConcatFourierPositions, DecoderConfig, EncoderConfig, PerceiverDecoder, PerceiverEncoder
+from perceiver_mt.model.attention import CrossAttentionLayer
+from perceiver_mt.parallel import apply_activation_checkpointing
+from perceiver_mt.speed import SpeedConfig, apply_speedups
+from perceiver_mt.speed.attention import GRID_KEYS
+from perceiver_mt.speed.grid_tokens import GridFourierPositions, GridTokens
+
+
+def grid_concat(index_dims, num_bands=2, **options) -> ConcatFourierPositions:
+    return apply_speedups(ConcatFourierPositions(index_dims, num_bands, **options), SpeedConfig())
 
 
 def fourier_tokens(grid=(6, 5), content_channels=3, batch=2, num_bands=2) -> GridTokens:
-    position = FourierPositionEncoding(grid, num_bands, cached=False)
-    return position.grid_tokens(torch.randn(batch, math.prod(grid), content_channels))
+    return grid_concat(grid, num_bands, cached=False)(torch.randn(batch, math.prod(grid), content_channels))
 
 
 def shared_channel_tokens(grid=(4, 3, 5), content_channels=2, batch=2, position_channels=6) -> GridTokens:
@@ -27,10 +34,13 @@ def shared_channel_tokens(grid=(4, 3, 5), content_channels=2, batch=2, position_
     ((7,), True, False), ((6, 5), True, False), ((6, 5), False, True), ((3, 4, 2), True, False),
 ])
 def test_axis_tables_sum_to_exactly_the_grid_features(index_dims, concat_pos, sine_only):
-    cached = FourierPositionEncoding(index_dims, 3, concat_pos=concat_pos, sine_only=sine_only)
-    tokens = cached.grid_tokens(torch.zeros(1, cached.features.shape[0], 2))
-    assert tokens.shape == (1, cached.features.shape[0], 2 + cached.num_channels)
-    assert torch.equal(tokens.materialize()[0, :, 2:], cached.features)
+    reference = ConcatFourierPositions(index_dims, 3, concat_pos=concat_pos, sine_only=sine_only)
+    grid = grid_concat(index_dims, 3, concat_pos=concat_pos, sine_only=sine_only)
+    assert isinstance(grid, GridFourierPositions)
+    content = torch.randn(2, math.prod(index_dims), 2)
+    tokens = grid(content)
+    assert tokens.shape == (2, math.prod(index_dims), 2 + reference.num_channels)
+    assert torch.equal(tokens.materialize(), reference(content))  # bit for bit
 
 
 @pytest.mark.parametrize("make", [fourier_tokens, shared_channel_tokens])
@@ -74,9 +84,10 @@ def test_inconsistent_grid_tokens_are_refused_with_the_shapes():
 
 
 def randomized(module: torch.nn.Module) -> torch.nn.Module:
-    for p in module.parameters():  # norms' gains and biases away from 1 and 0, so a dropped term would show
+    """With the default speedups, gains and biases away from 1 and 0 (so a dropped term would show), in eval mode."""
+    for p in module.parameters():
         torch.nn.init.normal_(p, std=0.5)
-    return module.eval()
+    return apply_speedups(module, SpeedConfig()).eval()
 
 
 @pytest.mark.parametrize("make", [fourier_tokens, shared_channel_tokens])
@@ -88,7 +99,7 @@ def test_latents_attend_to_grid_tokens_as_to_the_expanded_tokens(make, num_heads
     layer = randomized(CrossAttentionLayer(32, C, num_heads, qk_channels=64, v_channels=64, widening_factor=2))
     latents = torch.randn(B, 5, 32)
     assert layer.attention.plan_for(5, M) == GRID_KEYS  # few input channels: the latents attend to them directly
-    monkeypatch.setattr("perceiver_mt.model.grid_attention.SCORE_CHUNK", 2 * M)  # several chunks of latents
+    monkeypatch.setattr("perceiver_mt.speed.grid_attention.SCORE_CHUNK", 2 * M)  # several chunks of latents
     with torch.no_grad():
         expected = layer(latents, tokens.materialize())
         fresh = GridTokens(tokens.content, tokens.tables)
@@ -105,10 +116,11 @@ def test_grid_queries_attend_to_latents_as_the_expanded_tokens(make, num_heads, 
     tokens = make()
     B, M, C = tokens.shape
     decoder = randomized(PerceiverDecoder(DecoderConfig(
-        query_channels=C, num_heads=num_heads, qk_channels=64, v_channels=64, query_residual=query_residual,
-        query_chunk_size=chunk), latent_channels=48))
+        query_channels=C, num_heads=num_heads, qk_channels=64, v_channels=64, query_residual=query_residual),
+        latent_channels=48))
+    apply_speedups(decoder, SpeedConfig(query_chunk_size=chunk))
     latents = torch.randn(B, 7, 48)
-    monkeypatch.setattr("perceiver_mt.model.grid_attention.SCORE_CHUNK", 3 * 7 * 5)  # a few rows at a time
+    monkeypatch.setattr("perceiver_mt.speed.grid_attention.SCORE_CHUNK", 3 * 7 * 5)  # a few rows at a time
     with torch.no_grad():
         expected = decoder(tokens.materialize(), latents)
         fresh = GridTokens(tokens.content, tokens.tables)
@@ -122,30 +134,44 @@ def test_training_expands_grid_tokens_once_and_gets_the_same_gradients(checkpoin
     torch.manual_seed(0)
     tokens = fourier_tokens()
     B, M, C = tokens.shape
-    encoder = randomized(PerceiverEncoder(EncoderConfig(
+    reference = torch.nn.Module()  # what parallel.py checkpoints: an encoder and task decoders
+    reference.encoder = PerceiverEncoder(EncoderConfig(
         input_channels=C, num_latents=4, latent_channels=32, cross_attention_qk_channels=64,
-        num_self_attention_heads=2, num_self_attends_per_block=1, activation_checkpointing=checkpointing,
-        input_chunk_size=chunk)))
-    decoder = randomized(PerceiverDecoder(DecoderConfig(
-        query_channels=C, qk_channels=64, query_residual=False, activation_checkpointing=checkpointing,
-        query_chunk_size=chunk), 32))
+        num_self_attention_heads=2, num_self_attends_per_block=1))
+    reference.tasks = torch.nn.ModuleDict({"flow": torch.nn.Module()})
+    reference.tasks["flow"].decoder = PerceiverDecoder(DecoderConfig(query_channels=C, qk_channels=64,
+                                                                     query_residual=False), 32)
+    for p in reference.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    reference.double()  # against the reference's other order of operations: float64, to leave only real differences
+    tokens = GridTokens(tokens.content.double(), tuple(t.double() for t in tokens.tables))
+    model = apply_speedups(copy.deepcopy(reference), SpeedConfig(input_chunk_size=chunk, query_chunk_size=chunk))
+    encoder, decoder = model.encoder, model.tasks["flow"].decoder
+    if checkpointing:
+        apply_activation_checkpointing(model)
+        assert decoder.checkpoint_chunks  # chunked decoding: one checkpoint per chunk
     content = tokens.content.clone().requires_grad_()
 
-    def loss(queries_and_inputs) -> torch.Tensor:
-        return decoder(queries_and_inputs, encoder(queries_and_inputs)).square().sum()
+    def loss(model: torch.nn.Module, queries_and_inputs) -> torch.Tensor:
+        decoder = model.tasks["flow"].decoder
+        return decoder(queries_and_inputs, model.encoder(queries_and_inputs)).square().sum()
+
+    def gradients(model: torch.nn.Module, tokens) -> tuple[torch.Tensor, ...]:
+        return torch.autograd.grad(loss(model, tokens), [content, *model.parameters()], allow_unused=True,
+                                   materialize_grads=True)  # an absorbed key bias: none (the reference: ~0)
 
     grid = GridTokens(content, tokens.tables)
-    grads = torch.autograd.grad(loss(grid), [content, *encoder.parameters(), *decoder.parameters()])
+    grads = gradients(model, grid)
     # Gradients go through the fused kernels, which store no scores: the tokens are expanded once, or, in
     # checkpointed chunks of points that are not whole rows, each chunk only while it is computed.
     assert grid.is_materialized != checkpointing
     dense = torch.cat([content, grid.positions().expand(B, -1, -1)], dim=-1)
-    expected = torch.autograd.grad(loss(dense), [content, *encoder.parameters(), *decoder.parameters()])
-    for got, want in zip(grads, expected):
-        torch.testing.assert_close(got, want)
-    with torch.no_grad():  # and inference on the same modules takes the per-axis path to the same outputs
+    for name, got, want in zip(["content", *dict(model.named_parameters())], grads, gradients(reference, dense)):
+        torch.testing.assert_close(got, want, msg=lambda m, name=name: f"{name}: {m}")
+    with torch.no_grad():  # and inference takes the per-axis path to the reference's outputs
         fresh = GridTokens(content.detach(), tokens.tables)
-        torch.testing.assert_close(decoder(fresh, encoder(fresh)), decoder(dense, encoder(dense)), atol=1e-5, rtol=1e-4)
+        reference_out = reference.tasks["flow"].decoder(dense, reference.encoder(dense))
+        torch.testing.assert_close(decoder(fresh, encoder(fresh)), reference_out, atol=1e-5, rtol=1e-4)
     assert not fresh.is_materialized
 
 

@@ -1,4 +1,7 @@
-"""The Perceiver IO model on its own: shapes, masking, weight sharing, attention numerics."""
+"""The reference Perceiver IO model on its own: shapes, masking, weight sharing, attention numerics.
+
+The speedups (perceiver_mt/speed/) are tested equal to it in test_speed.py, test_absorption.py and
+test_grid_tokens.py."""
 
 from __future__ import annotations
 
@@ -10,7 +13,6 @@ import torch.nn.functional as F
 
 from perceiver_mt.model import DecoderConfig, EncoderConfig, PerceiverDecoder, PerceiverEncoder
 from perceiver_mt.model.attention import MultiHeadAttention
-from perceiver_mt.model.kernels import cuda_attention_kernel, force_attention_kernel
 
 SMALL = dict(input_channels=12, num_latents=6, latent_channels=16, num_self_attention_heads=2,
              num_self_attends_per_block=2)
@@ -49,28 +51,6 @@ def test_padding_has_exactly_no_effect():
     assert not torch.allclose(encoder(padded), expected, atol=1e-3)  # without the mask it does matter
 
 
-def test_input_chunks_change_memory_not_results():
-    """Chunked cross-attention (recomputed in backward) gives the same latents and gradients, padding included:
-    a chunk of nothing but padding must weigh nothing."""
-    torch.manual_seed(0)
-    config = dict(SMALL, num_cross_attention_heads=2, cross_attention_qk_channels=8, num_blocks=2, num_cross_attends=2)
-    whole = PerceiverEncoder(EncoderConfig(**config)).double()
-    chunked = PerceiverEncoder(EncoderConfig(**config, input_chunk_size=5)).double()
-    chunked.load_state_dict(whole.state_dict())
-    tokens = torch.randn(3, 23, 12, dtype=torch.double)
-    pad_mask = torch.zeros(3, 23, dtype=torch.bool)
-    pad_mask[1, 9:] = True  # chunks 2..4 of sample 1 are all padding
-    for model in (whole, chunked):
-        latents = model(tokens, pad_mask)
-        model.grads = torch.autograd.grad(latents.square().sum(), list(model.parameters()))
-        model.latents_out = latents.detach()
-    torch.testing.assert_close(chunked.latents_out, whole.latents_out)
-    for name, got, expected in zip(dict(whole.named_parameters()), chunked.grads, whole.grads):
-        torch.testing.assert_close(got, expected, atol=1e-9, rtol=1e-7, msg=name)
-    with pytest.raises(ValueError, match="kv_chunk_size must be a positive number"):
-        PerceiverEncoder(EncoderConfig(**config, input_chunk_size=0))
-
-
 def test_more_blocks_add_compute_not_parameters():
     one = PerceiverEncoder(EncoderConfig(**SMALL, num_blocks=1))
     four = PerceiverEncoder(EncoderConfig(**SMALL, num_blocks=4))
@@ -104,9 +84,8 @@ def reference_attention(attention: MultiHeadAttention, x_q, x_kv, pad_mask=None)
     return attention.to_out(torch.cat(outputs, dim=-1))
 
 
-@pytest.mark.parametrize("kernel", ["fused", "matmul"])
 @pytest.mark.parametrize("num_heads", [1, 4])
-def test_both_attention_kernels_equal_plain_reference(num_heads, kernel):
+def test_attention_equals_plain_per_head_reference(num_heads):
     torch.manual_seed(0)
     attention = MultiHeadAttention(q_channels=8, kv_channels=12, num_heads=num_heads, qk_channels=16,
                                    v_channels=24, out_channels=10)
@@ -114,31 +93,11 @@ def test_both_attention_kernels_equal_plain_reference(num_heads, kernel):
     pad_mask = torch.tensor([[False] * 7, [False] * 4 + [True] * 3])
     expected = reference_attention(attention, x_q, x_kv, pad_mask)
     expected_grad, = torch.autograd.grad(expected.square().sum(), x_q)
-    with force_attention_kernel(kernel):
-        out = attention(x_q, x_kv, pad_mask)
-        grad, = torch.autograd.grad(out.square().sum(), x_q)
-        assert attention(x_q, x_kv).shape == (2, 5, 10)
+    out = attention(x_q, x_kv, pad_mask)
+    grad, = torch.autograd.grad(out.square().sum(), x_q)
+    assert attention(x_q, x_kv).shape == (2, 5, 10)
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(grad, expected_grad)
-
-
-def test_gpu_attention_uses_two_gemms_only_where_fused_kernels_were_measured_slow():
-    def kernel(batch, heads, queries, head_channels, keys, dtype=torch.float32, training=True):
-        return cuda_attention_kernel(batch, heads, queries, head_channels, keys, dtype, 132, training)  # H200: 132 SMs
-
-    # one cross-attention head, 256 latents, 50k inputs: 16 blocks of queries for 132 multiprocessors
-    assert kernel(4, 1, 256, 64, 50_176) == "matmul"
-    assert kernel(4, 1, 256, 64, 50_176, dtype=torch.bfloat16) == "fused"  # flash attention wins there
-    assert kernel(8, 8, 256, 64, 256) == "fused"  # latent self-attention: enough blocks
-    assert kernel(4, 1, 256, 64, 1_024) == "fused"  # short rows: scores not worth storing
-    # the flow decoder's one 512-channel head over 182k pixel queries: GEMMs to train, fused to infer
-    assert kernel(1, 1, 182_528, 512, 2_048) == "matmul"
-    assert kernel(1, 1, 182_528, 512, 2_048, dtype=torch.bfloat16) == "matmul"
-    assert kernel(1, 1, 182_528, 512, 2_048, training=False) == "fused"
-    assert kernel(1, 16, 2_048, 32, 2_048) == "fused"  # its latent self-attention
-    with pytest.raises(ValueError, match="unknown attention kernel 'flash'; choose one of auto, fused, matmul"):
-        with force_attention_kernel("flash"):
-            pass
 
 
 def test_heads_must_divide_channels():

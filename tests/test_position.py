@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from perceiver_mt.model import FourierPositionEncoding, LearnedPositionEncoding, fourier_channels, fourier_features
+from perceiver_mt.model import (
+    ConcatFourierPositions, FourierPositionEncoding, LearnedPositionEncoding, fourier_channels, fourier_features,
+)
 from perceiver_mt.model.position import linear_positions
 
 
@@ -57,3 +59,12 @@ def test_uncached_fourier_features_are_the_cached_ones_and_follow_the_module():
     assert uncached.num_channels == cached.num_channels and uncached.features.numel() == 0
     assert torch.equal(uncached(3), cached(3)) and uncached(3).shape == (3, 35, cached.num_channels)
     assert uncached.double()(1).dtype == torch.float64  # the stored positions move with the module
+
+
+def test_concatenated_positions_follow_each_point_of_the_grid():
+    concat = ConcatFourierPositions((3, 4), 2, cached=False)
+    content = torch.randn(2, 12, 5)
+    tokens = concat(content)
+    assert tokens.shape == (2, 12, 5 + concat.num_channels)
+    assert torch.equal(tokens[..., :5], content)
+    assert torch.equal(tokens[..., 5:], FourierPositionEncoding((3, 4), 2)(2))

@@ -18,9 +18,10 @@ it applies them in a fixed order, each step logging one line:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import Callable
 
-from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from perceiver_mt.model.attention import CrossAttentionLayer, MultiHeadAttention
@@ -34,6 +35,8 @@ from perceiver_mt.speed.kernels import KERNELS
 from perceiver_mt.speed.layers import ChunkedDecoder, ChunkedTaskModel, FastCrossAttentionLayer
 
 PROJECTION_ORDERS = ("cheapest", "projected")
+logger = logging.getLogger(__name__)
+Log = Callable[[str], None]
 
 
 @dataclass
@@ -69,19 +72,22 @@ def check_config(config: SpeedConfig) -> None:
             raise ValueError(f"speed.{key} must be a positive number of points or null, got {size}")
 
 
-def apply_speedups(model: nn.Module, config: SpeedConfig) -> nn.Module:
-    """The speedups `config` switches on, applied to `model` in place (see the module docstring); returns it."""
+def apply_speedups(model: nn.Module, config: SpeedConfig, log: Log = logger.info) -> nn.Module:
+    """The speedups `config` switches on, applied to `model` in place (see the module docstring); returns it.
+
+    Each step reports one line to `log` (the Lightning system passes its rank-zero logger).
+    """
     check_config(config)
     if not config.enabled:
-        rank_zero_info("Speedups off (speed.enabled=false): the reference model as written")
+        log("Speedups off (speed.enabled=false): the reference model as written")
         return model
-    apply_fast_attention(model, config.projection_order, config.attention_kernel)
+    apply_fast_attention(model, config.projection_order, config.attention_kernel, log)
     if config.grid_tokens:
-        apply_grid_tokens(model)
+        apply_grid_tokens(model, log)
     if config.input_chunk_size:
-        apply_input_chunks(model, config.input_chunk_size)
+        apply_input_chunks(model, config.input_chunk_size, log)
     if config.query_chunk_size:
-        apply_query_chunks(model, config.query_chunk_size)
+        apply_query_chunks(model, config.query_chunk_size, log)
     return model
 
 
@@ -104,30 +110,30 @@ def swap_modules(model: nn.Module, reference: type[nn.Module], variant: type[nn.
     return count
 
 
-def apply_fast_attention(model: nn.Module, projection_order: str, kernel: str) -> None:
+def apply_fast_attention(model: nn.Module, projection_order: str, kernel: str, log: Log = logger.info) -> None:
     plan = PROJECTED if projection_order == "projected" else None
     attentions = swap_modules(model, MultiHeadAttention, FastAttention, kernel=kernel, plan=plan)
     layers = swap_modules(model, CrossAttentionLayer, FastCrossAttentionLayer)
-    rank_zero_info(f"Applied fast attention to {attentions} attentions ({layers} cross-attention layers): "
+    log(f"Applied fast attention to {attentions} attentions ({layers} cross-attention layers): "
                    f"projection order {projection_order}, kernel {kernel}")
 
 
-def apply_grid_tokens(model: nn.Module) -> None:
+def apply_grid_tokens(model: nn.Module, log: Log = logger.info) -> None:
     count = swap_modules(model, ConcatFourierPositions, GridFourierPositions)
-    rank_zero_info(f"Applied grid tokens to {count} Fourier-position concatenations")
+    log(f"Applied grid tokens to {count} Fourier-position concatenations")
 
 
-def apply_input_chunks(model: nn.Module, size: int) -> None:
+def apply_input_chunks(model: nn.Module, size: int, log: Log = logger.info) -> None:
     layers = [layer for encoder in model.modules() if isinstance(encoder, PerceiverEncoder)
               for layer in encoder.cross_attentions]
     for layer in layers:
         if not isinstance(layer, FastCrossAttentionLayer):
             raise TypeError("input chunks need the fast cross-attention layers: apply fast attention first")
         layer.input_chunk_size = size
-    rank_zero_info(f"Applied input chunks of {size} points to {len(layers)} encoder cross-attention layers")
+    log(f"Applied input chunks of {size} points to {len(layers)} encoder cross-attention layers")
 
 
-def apply_query_chunks(model: nn.Module, size: int) -> None:
+def apply_query_chunks(model: nn.Module, size: int, log: Log = logger.info) -> None:
     decoders = swap_modules(model, PerceiverDecoder, ChunkedDecoder, query_chunk_size=size)
     swap_modules(model, TaskModel, ChunkedTaskModel)
-    rank_zero_info(f"Applied query chunks of {size} to {decoders} decoders (each task's head runs per chunk)")
+    log(f"Applied query chunks of {size} to {decoders} decoders (each task's head runs per chunk)")
