@@ -15,11 +15,9 @@ A unit whose task does not train at a step (same choice on every rank, see `samp
 forward, so no rank all-gathers or reduce-scatters it and its gradients stay None, as in one process.
 
 Data parallel "the same as one process" needs two things beyond averaging gradients:
-  * DDP without `find_unused_parameters`: the parameters a step's loss does not reach (the idle tasks', and
-    any a speedup leaves out because it cannot change the result, such as a key bias that softmax ignores)
-    join the loss with weight zero so the reducer sees every parameter (`unreached_parameters`,
-    `touch_parameters`), and their gradients are dropped after backward (`release_gradients`) so AdamW
-    skips them exactly as it does in one process.
+  * DDP without `find_unused_parameters`: the idle tasks' parameters join the loss with weight zero so
+    the reducer sees every parameter (`touch_idle_parameters`), and their gradients are dropped after
+    backward (`release_idle_gradients`) so AdamW skips them exactly as it does in one process.
   * Losses averaged over tokens (masked bytes) differ in count between ranks; `weigh_across_ranks`
     scales each rank's loss by its share of the global count, so the averaged gradient is the gradient
     of the global mean.
@@ -104,7 +102,7 @@ def build_strategy(strategy: Any, config: ParallelConfig, accelerator: Any = "au
     check_config(config, strategy, accelerator)
     timeout = timedelta(seconds=config.init_timeout_s)
     if strategy == "ddp":
-        # find_unused_parameters stays off: unused parameters are handled by touch_parameters.
+        # find_unused_parameters stays off: idle tasks are handled by touch_idle_parameters.
         return DDPStrategy(timeout=timeout, find_unused_parameters=False)
     if strategy == "fsdp":
         return FSDP2Strategy(config)
@@ -252,30 +250,21 @@ def touches_every_parameter(strategy: Strategy) -> bool:
     return isinstance(strategy, DDPStrategy)
 
 
-def unreached_parameters(loss: torch.Tensor, model: nn.Module) -> list[nn.Parameter]:
-    """Trainable parameters of `model` that `loss`'s autograd graph does not reach: those of the tasks that
-    did not train this step, and any that a speedup leaves out of the computation because they cannot change
-    it (an absorbed key bias: softmax ignores a shift of all of a query's scores)."""
-    reached, seen, stack = set(), set(), [loss.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if hasattr(node, "variable"):  # AccumulateGrad: the node that writes a leaf's .grad
-            reached.add(id(node.variable))
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return [p for p in model.parameters() if p.requires_grad and id(p) not in reached]
+def idle_parameters(model: nn.Module, tasks: Iterable[str]) -> list[nn.Parameter]:
+    """Parameters of the task modules that do not train this step."""
+    training = set(tasks)
+    return [p for name, task_model in model.tasks.items() if name not in training
+            for p in task_model.parameters() if p.requires_grad]
 
 
-def touch_parameters(parameters: list[nn.Parameter]) -> torch.Tensor:
+def touch_idle_parameters(parameters: list[nn.Parameter]) -> torch.Tensor:
     """Zero, with every given parameter in its graph: DDP then reduces (zero) gradients for all of them."""
     if not parameters:
         return torch.zeros(())
     return 0.0 * sum(p.sum() for p in parameters)
 
 
-def release_gradients(parameters: list[nn.Parameter]) -> None:
+def release_idle_gradients(parameters: list[nn.Parameter]) -> None:
     """Back to no gradient: AdamW then skips them (no moment decay, no weight decay), as in one process."""
     for p in parameters:
         p.grad = None

@@ -16,7 +16,7 @@ from perceiver_mt.config import RunConfig, from_dict, to_dict, validate_options
 from perceiver_mt.model.multitask import MultiTaskPerceiver
 from perceiver_mt.optim import build_optimizer
 from perceiver_mt.parallel import (
-    fsdp_mesh, parallelize, release_gradients, touch_parameters, touches_every_parameter, unreached_parameters,
+    fsdp_mesh, idle_parameters, parallelize, release_idle_gradients, touch_idle_parameters, touches_every_parameter,
     weigh_across_ranks,
 )
 from perceiver_mt.registry import load_task
@@ -54,7 +54,7 @@ class MultiTaskSystem(LightningModule):
             })
             for split in SPLITS
         })
-        self._unreached: list[nn.Parameter] = []  # DDP only: parameters this step's loss does not reach
+        self._idle: list[nn.Parameter] = []  # DDP only: parameters of the tasks not training this step
 
     @classmethod
     def from_config(cls, config: RunConfig) -> "MultiTaskSystem":
@@ -77,9 +77,9 @@ class MultiTaskSystem(LightningModule):
         # Each rank's total is scaled by its share of the global batch, so their mean is the global loss.
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=1, sync_dist=True)
         if touches_every_parameter(self.trainer.strategy):
-            self._unreached = unreached_parameters(total, self.model)
-            if self._unreached:
-                total = total + touch_parameters(self._unreached)
+            self._idle = idle_parameters(self.model, batch)
+            if self._idle:
+                total = total + touch_idle_parameters(self._idle)
         return total
 
     def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -89,7 +89,7 @@ class MultiTaskSystem(LightningModule):
         self._shared_step("test", self.task_names[dataloader_idx], batch)
 
     def on_after_backward(self) -> None:
-        release_gradients(self._unreached)
+        release_idle_gradients(self._idle)
 
     def configure_optimizers(self) -> dict:
         total_steps = self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)

@@ -25,10 +25,8 @@ def fast(attention: MultiHeadAttention, plan: AttentionPlan | None = None, kerne
 
 def outputs_and_gradients(attention, run, x_q, x_kv):
     out = run(x_q, x_kv)
-    inputs = [x_q, x_kv, *attention.parameters()]
-    # A parameter an order leaves out (an absorbed key bias, which softmax ignores) gets no gradient: zero here,
-    # as the reference's is up to rounding. DDP's need for every parameter is met by parallel.py.
-    return out, torch.autograd.grad(out.square().sum(), inputs, allow_unused=True, materialize_grads=True)
+    inputs = [x_q, x_kv, *attention.parameters()]  # every parameter gets a gradient (DDP needs them all)
+    return out, torch.autograd.grad(out.square().sum(), inputs)
 
 
 @pytest.mark.parametrize("kernel", ["fused", "matmul"])

@@ -58,18 +58,23 @@ def test_flop_formula_matches_counted_matmuls(config):
 
 
 def test_memory_options_do_not_change_outputs_or_gradients():
+    """Config C as the benchmark builds it, plain and with the memory options on: activation checkpointing
+    (parallel.py), chunks of inputs and of queries with the head per chunk (speed.*_chunk_size)."""
+    from benchmarks.flow import build_flow_model, flow
+    from perceiver_mt.parallel import ParallelConfig, parallelize
+    from perceiver_mt.speed import SpeedConfig, apply_speedups
+
     c = CONFIGS["tinyC"]
     frames, target = make_inputs(c)
     results = []
     # tinyC has 192 pixels: 4 chunks of queries (each through the head), 5 of inputs (the last one short)
-    for options in ({}, {"activation_checkpointing": True, "query_chunk_size": 50, "input_chunk_size": 40}):
-        from benchmarks.flow import OpticalFlowPerceiver
-
+    for speed, checkpointing in ((SpeedConfig(), False), (SpeedConfig(input_chunk_size=40, query_chunk_size=50), True)):
         torch.manual_seed(0)
-        model = OpticalFlowPerceiver(c, **options)
-        flow = model(frames)
-        ((flow - target) ** 2).mean().backward()
-        results.append((flow.detach(), [p.grad for p in model.parameters()]))
+        model = apply_speedups(build_flow_model(c), speed)
+        parallelize(model, ParallelConfig(activation_checkpointing=checkpointing))
+        output = flow(model, frames)
+        ((output - target) ** 2).mean().backward()
+        results.append((output.detach(), [p.grad for p in model.parameters()]))
     (plain, plain_grads), (lean, lean_grads) = results
     torch.testing.assert_close(lean, plain)
     for a, b in zip(lean_grads, plain_grads):

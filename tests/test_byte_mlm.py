@@ -7,6 +7,7 @@ import torch
 
 from perceiver_mt.model import EncoderConfig, MultiTaskPerceiver
 from perceiver_mt.model.attention import MultiHeadAttention
+from perceiver_mt.speed import SpeedConfig, apply_speedups
 from tasks.byte_mlm import PAD_ID, ByteMLMOptions, ByteMLMTask
 
 SEQ_LEN = 16
@@ -56,15 +57,15 @@ def test_query_sees_exactly_its_context_window(context: int) -> None:
 
 
 def test_decoding_in_chunks_gives_the_same_logits_and_gradients() -> None:
-    """query_chunk_size: the byte head runs per chunk of positions (here 4 chunks of 4)."""
+    """speed.query_chunk_size: the byte head runs per chunk of positions (here 4 chunks of 4)."""
     encoder = EncoderConfig(input_channels=12, num_latents=4, latent_channels=16, num_self_attends_per_block=1)
     batch = {"inputs": random_ids()}
     results = []
     for chunk in (None, 4):
         torch.manual_seed(0)
-        task = ByteMLMTask("mlm", ByteMLMOptions(seq_len=SEQ_LEN, query_channels=8, num_bands=4, query_context=1,
-                                                 query_chunk_size=chunk), encoder)
-        model = MultiTaskPerceiver(encoder, {"mlm": task})
+        task = ByteMLMTask("mlm", ByteMLMOptions(seq_len=SEQ_LEN, query_channels=8, num_bands=4, query_context=1),
+                           encoder)
+        model = apply_speedups(MultiTaskPerceiver(encoder, {"mlm": task}), SpeedConfig(query_chunk_size=chunk))
         logits = model("mlm", batch)
         logits.square().mean().backward()
         results.append((logits.detach(), [p.grad for p in model.parameters()]))
@@ -75,16 +76,14 @@ def test_decoding_in_chunks_gives_the_same_logits_and_gradients() -> None:
         torch.testing.assert_close(a, b)
 
 
-def test_the_models_attention_kernel_reaches_the_task_decoders() -> None:
-    """model.attention_kernel applies to every attention, the task's decoder included; results agree."""
+def test_the_speed_attention_kernel_reaches_the_task_decoders() -> None:
+    """speed.attention_kernel applies to every attention, the task's decoder included; results agree."""
     outputs = {}
+    encoder = EncoderConfig(input_channels=12, num_latents=4, latent_channels=16, num_self_attends_per_block=1)
     for kernel in ("fused", "matmul"):
-        encoder = EncoderConfig(input_channels=12, num_latents=4, latent_channels=16, num_self_attends_per_block=1,
-                                attention_kernel=kernel)
         torch.manual_seed(0)
-        model = MultiTaskPerceiver(encoder, {"mlm": make_task(query_context=1)})
+        model = apply_speedups(MultiTaskPerceiver(encoder, {"mlm": make_task(query_context=1)}),
+                               SpeedConfig(attention_kernel=kernel))
         assert {m.kernel for m in model.modules() if isinstance(m, MultiHeadAttention)} == {kernel}
         outputs[kernel] = model("mlm", {"inputs": random_ids()})
     torch.testing.assert_close(outputs["matmul"], outputs["fused"])
-    with pytest.raises(ValueError, match="unknown attention kernel 'flash'; choose one of auto, fused, matmul"):
-        MultiTaskPerceiver(EncoderConfig(input_channels=12, attention_kernel="flash"), {"mlm": make_task()})

@@ -34,7 +34,10 @@ def test_overrides_are_typed_and_applied():
     ("trainer.max_step=3", "error: unknown config key 'trainer.max_step' (valid: accelerator, strategy,"),
     ("tasks.new_task.loss_weight=2", "error: tasks.new_task.plugin is not set: name a registered task plugin"),
     ("sampling.strategy=sometimes", "error: sampling.strategy='sometimes' is unknown; choose one of round_robin,"),
-    ("model.attention_kernel=flash", "error: model.attention_kernel='flash' is unknown; choose one of auto, fused, matmul"),
+    ("speed.attention_kernel=flash", "error: speed.attention_kernel='flash' is unknown; choose one of auto, fused, matmul"),
+    ("speed.input_chunk_size=0", "error: speed.input_chunk_size must be a positive number of points or null, got 0"),
+    ("parallel.compile=always", "error: parallel.compile='always' is unknown; choose one of none, latent_layers, encoder"),
+    ("model.attention_kernel=fused", "error: config key 'model.attention_kernel' (in an override) moved to 'speed.attention_kernel'"),
     ("no_equals_sign", "error: override 'no_equals_sign' must look like dotted.key=value"),
 ])
 def test_mistakes_give_one_line_errors(capsys, tmp_path, override, message):
@@ -47,3 +50,15 @@ def test_mistakes_give_one_line_errors(capsys, tmp_path, override, message):
 def test_missing_config_file_is_explained(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_configs_saved_before_the_speed_section_load_with_their_keys_moved():
+    """Checkpoints keep their run config as hyperparameters; older ones have the model.* speed keys."""
+    from perceiver_mt.config import from_dict, to_dict
+
+    saved = to_dict(load_config(DEBUG_CONFIG))
+    del saved["speed"]
+    saved["model"].update(input_chunk_size=64, attention_kernel="fused", activation_checkpointing=True)
+    config = from_dict(saved)
+    assert (config.speed.input_chunk_size, config.speed.attention_kernel) == (64, "fused")
+    assert config.parallel.activation_checkpointing

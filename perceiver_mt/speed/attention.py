@@ -130,9 +130,10 @@ class FastAttention(MultiHeadAttention):
             return q[:, None].expand(B, self.num_heads, Q, -1)  # (B, H, Q, Cq + 1): one copy for all heads
         q = self.split_heads(self.to_q(x_q))  # (B, H, Q, Cqk/H)
         if plan.scores == "absorb_keys":
-            # k's bias shifts every score of a query alike, which softmax ignores: it takes no part here
-            # (its gradient is zero in any order; `parallel.py` lets DDP know it is unused).
-            q = q @ self._per_head(self.to_k)  # (B, H, Q, Ckv)
+            # k's bias shifts every score of a query alike, which softmax ignores: its gradient is zero in any
+            # order. It joins with weight zero so that it gets that gradient, as in the reference: without one,
+            # the optimizer would keep no state for it (sharded checkpoints then miss it) and DDP would wait for it.
+            q = q @ self._per_head(self.to_k) + 0.0 * self.to_k.bias.sum()  # (B, H, Q, Ckv)
         return q
 
     def _keys_values(self, x_kv: torch.Tensor, plan: AttentionPlan) -> tuple[torch.Tensor, torch.Tensor]:
