@@ -218,10 +218,12 @@ def build(implementation: str, config: ClassifierConfig | FlowConfig) -> Bench:
     (no speedups at all: the reference model as perceiver_mt/model/ writes it)."""
     name, *options = implementation.split("+")
     chosen = set(options)
+    speedups = {"chunk", "fused", "matmul", "projected"}
     if (name not in BUILDERS or not chosen <= {"ckpt"} | OURS_ONLY or (chosen & OURS_ONLY and name != "ours")
-            or {"fused", "matmul"} <= chosen or ("reference" in chosen and chosen & {"chunk", "fused", "matmul", "projected"})):
+            or {"fused", "matmul"} <= chosen or ("reference" in chosen and chosen & speedups)):
         raise ValueError(f"unknown implementation {implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}, "
-                         "optionally +ckpt, and for ours +chunk, +compile, +projected, +fused or +matmul, or +reference")
+                         "optionally +ckpt, and for ours +chunk, +compile, +projected, +fused or +matmul, "
+                         "or +reference")
     torch.manual_seed(0)
     if name != "ours":
         return BUILDERS[name](config, checkpointing="ckpt" in chosen)

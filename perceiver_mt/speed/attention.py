@@ -32,7 +32,7 @@ GRID_KEYS = AttentionPlan("absorb_keys", "absorb_values")
 
 
 class KeysValues(NamedTuple):
-    """Keys (B, H, K, Cqk') and values (B, H, K, Cv') prepared once for any number of query chunks, in `plan`'s order."""
+    """Keys (B, H, K, Cqk') and values (B, H, K, Cv') in `plan`'s order, prepared once for any number of query chunks."""
 
     k: torch.Tensor
     v: torch.Tensor

@@ -21,7 +21,9 @@ from functools import cached_property
 
 import torch
 
-from perceiver_mt.model.position import ConcatFourierPositions, FourierPositionEncoding, fourier_features, linear_positions
+from perceiver_mt.model.position import (
+    ConcatFourierPositions, FourierPositionEncoding, fourier_features, linear_positions,
+)
 
 
 @dataclass(frozen=True, eq=False)  # identity semantics: fields are tensors
@@ -208,7 +210,9 @@ def fourier_axis_tables(encoding: FourierPositionEncoding) -> tuple[torch.Tensor
     return tuple(tables)
 
 
-def fourier_channel_axes(num_dims: int, num_bands: int, concat_pos: bool = True, sine_only: bool = False) -> torch.Tensor:
+def fourier_channel_axes(
+    num_dims: int, num_bands: int, concat_pos: bool = True, sine_only: bool = False,
+) -> torch.Tensor:
     """The one axis each channel of `fourier_features` depends on: (channels,)."""
     bands = torch.arange(num_dims).repeat_interleave(num_bands)  # dim-major, as the features
     parts = [bands] if sine_only else [bands, bands]
