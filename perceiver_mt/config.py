@@ -16,16 +16,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from perceiver_mt.errors import ConfigError
 from perceiver_mt.model.kernels import KERNELS
 from perceiver_mt.model.perceiver import EncoderConfig
 from perceiver_mt.parallel import ParallelConfig
 from perceiver_mt.sampling import STRATEGIES, SamplingConfig
 
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
-
-
-class ConfigError(ValueError):
-    """A configuration mistake, explained in one line."""
 
 
 @dataclass

@@ -42,6 +42,8 @@ from lightning.pytorch.strategies.launchers.subprocess_script import _Subprocess
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from perceiver_mt.errors import ConfigError
+
 SHARDINGS = ("full", "grad_op", "hybrid")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 CHECKPOINTS = ("sharded", "full")
@@ -66,8 +68,6 @@ class ParallelConfig:
 
 def check_config(config: ParallelConfig, strategy: Any, accelerator: Any) -> None:
     """One-line `ConfigError` for values that are unknown or do not apply to the chosen strategy."""
-    from perceiver_mt.config import ConfigError  # imported here: config.py imports this module's schema
-
     for key, value, allowed in (("sharding", config.sharding, SHARDINGS), ("param_dtype", config.param_dtype, DTYPES),
                                 ("reduce_dtype", config.reduce_dtype, DTYPES), ("checkpoint", config.checkpoint, CHECKPOINTS)):
         if value not in allowed:

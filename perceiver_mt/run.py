@@ -2,40 +2,23 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from perceiver_mt.config import ConfigError, RunConfig, validate_kwargs
 from perceiver_mt.data import DataStatsMonitor, MultiTaskDataModule
 from perceiver_mt.parallel import CollectiveTimeout, build_strategy, release_process_group
-from perceiver_mt.registry import load_datamodule
+from perceiver_mt.plugins import build_task_datamodule
 from perceiver_mt.sampling import TaskSampler
 from perceiver_mt.system import MultiTaskSystem
-from perceiver_mt.task import Task
 from perceiver_mt.tracking import loggers as tracking_loggers
 from perceiver_mt.tracking.callbacks import build_callbacks
-
-
-def build_task_datamodule(name: str, task: Task, data: dict[str, Any], seed: int) -> LightningDataModule:
-    """The DataModule feeding task instance `name`: the plugin's default unless `data.name` says otherwise."""
-    data = dict(data)
-    datamodule_class = load_datamodule(data.pop("name", None) or task.default_data)
-    kwargs = {**task.datamodule_defaults(), **data}
-    accepted = inspect.signature(datamodule_class).parameters
-    kwargs = {k: v for k, v in kwargs.items() if k in accepted or k in data}  # defaults only where they apply
-    if "seed" in accepted and "seed" not in kwargs:
-        kwargs["seed"] = seed
-    kwargs = validate_kwargs(datamodule_class, kwargs, f"tasks.{name}.data")
-    if "task" in accepted:  # DataModules of stored records (shards) decode them with the task's own codec
-        kwargs["task"] = task
-    return datamodule_class(**kwargs)
 
 
 def build_datamodule(config: RunConfig, system: MultiTaskSystem) -> MultiTaskDataModule:

@@ -11,27 +11,17 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 
-from perceiver_mt.config import RunConfig, from_dict, to_dict, validate_options
+from perceiver_mt.config import RunConfig, from_dict, to_dict
 from perceiver_mt.model.multitask import MultiTaskPerceiver
 from perceiver_mt.optim import build_optimizer
 from perceiver_mt.parallel import (
     fsdp_mesh, idle_parameters, parallelize, release_idle_gradients, touch_idle_parameters, touches_every_parameter,
     weigh_across_ranks,
 )
-from perceiver_mt.registry import load_task
-from perceiver_mt.task import Batch, Task
+from perceiver_mt.plugins import build_tasks
+from perceiver_mt.task import Batch
 
 SPLITS = ("train", "val", "test")
-
-
-def build_tasks(config: RunConfig) -> dict[str, Task]:
-    """Task plugin instances by instance name, options validated against each plugin's schema."""
-    tasks = {}
-    for name, task_config in sorted(config.tasks.items()):
-        plugin = load_task(task_config.plugin)
-        options = validate_options(plugin.options_class, task_config.options, f"tasks.{name}.options")
-        tasks[name] = plugin(name, options, config.model)
-    return tasks
 
 
 class MultiTaskSystem(LightningModule):

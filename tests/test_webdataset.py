@@ -24,7 +24,8 @@ from perceiver_mt.data import _EndlessLoader
 from perceiver_mt.optim import build_optimizer
 from perceiver_mt.shards.codec import CorruptSample, decode_fields, encode_fields
 from perceiver_mt.shards.reader import ShardReadError
-from perceiver_mt.shards.writer import build_task, write_task
+from perceiver_mt.plugins import build_task
+from perceiver_mt.shards.writer import write_task
 from perceiver_mt.system import MultiTaskSystem
 
 SHARD_SIZE = 300  # digits train: 1257 samples -> 5 shards of 300, 300, 300, 300, 57 (odd count, uneven sizes)

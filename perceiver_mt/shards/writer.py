@@ -18,20 +18,13 @@ import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
-from perceiver_mt.config import RunConfig, validate_options
-from perceiver_mt.registry import load_task
-from perceiver_mt.run import build_task_datamodule
+from perceiver_mt.config import RunConfig
+from perceiver_mt.plugins import build_task, build_task_datamodule
 from perceiver_mt.shards.reader import META_FILE, shard_records
 from perceiver_mt.task import Task
 
 SPLITS = ("train", "val", "test")
 STAGE = {"train": "fit", "val": "validate", "test": "test"}
-
-
-def build_task(config: RunConfig, name: str) -> Task:
-    task_config = config.tasks[name]
-    plugin = load_task(task_config.plugin)
-    return plugin(name, validate_options(plugin.options_class, task_config.options, f"tasks.{name}.options"), config.model)
 
 
 def split_samples(datamodule: Any, split: str, seed: int) -> tuple[Iterable[dict[str, Any]], int | None]:
