@@ -50,6 +50,14 @@ class WebDatasetDataModule(LightningDataModule):
         task: Task | None = None,
     ):
         super().__init__()
+        for name, value, least in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
+                                   ("shuffle_buffer", shuffle_buffer, 0), ("num_train_samples", num_train_samples, 1),
+                                   ("batches_per_epoch", batches_per_epoch, 1)):
+            if value is not None and value < least:
+                raise ValueError(f"{name}={value} must be >= {least}")
+        if root and "://" not in root and not root.startswith(("pipe:", "file:")) and not os.path.isdir(root):
+            raise ValueError(f"root={root!r} is not a folder: give the folder the shard writer wrote "
+                             "(<split>-NNNNNN.tar and meta.json), or the shards as train_urls/val_urls/test_urls")
         self.root = root.rstrip("/") if root else None  # folder (or URL prefix) from the shard writer
         self.urls = {"train": train_urls, "val": val_urls, "test": test_urls}  # override `root`, per split
         self.batch_size = batch_size

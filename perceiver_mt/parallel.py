@@ -75,6 +75,9 @@ def check_config(config: ParallelConfig, strategy: Any, accelerator: Any) -> Non
     for key in ("timeout_s", "init_timeout_s"):
         if getattr(config, key) <= 0:
             raise ConfigError(f"parallel.{key} must be > 0 seconds, got {getattr(config, key)}")
+    if config.checkpoint_every_n_steps < 0:
+        raise ConfigError(f"parallel.checkpoint_every_n_steps={config.checkpoint_every_n_steps} is not allowed: a "
+                          "number of steps >= 1, or 0 to save only at validation and at the end")
     if strategy != "fsdp":
         defaults = ParallelConfig()
         for key in ("sharding", "param_dtype", "reduce_dtype", "cpu_offload", "checkpoint"):

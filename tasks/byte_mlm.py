@@ -29,6 +29,7 @@ from perceiver_mt.tracking.media import Table
 VOCAB = 258  # 256 byte values, MASK, PAD
 MASK_ID, PAD_ID = 256, 257
 NUM_BYTES = 256
+POSITIONS = ("fourier", "learned")
 
 
 @dataclass
@@ -43,8 +44,20 @@ class ByteMLMOptions:
     num_bands: int = 32  # Fourier bands (frequencies 1..seq_len/2) when position="fourier"
     mask_char: str = "\u2588"  # marks masked characters in text given to `make_batch`
 
-
-POSITIONS = ("fourier", "learned")
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "query_channels", "decoder_heads", "num_bands"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if not 0.0 < self.mask_prob <= 1.0:
+            raise ValueError(f"mask_prob={self.mask_prob} must be in (0, 1]")
+        if self.query_context < 0:
+            raise ValueError(f"query_context={self.query_context} must be >= 0")
+        if self.query_chunk_size is not None and self.query_chunk_size < 1:
+            raise ValueError(f"query_chunk_size={self.query_chunk_size} must be >= 1 (or null: all at once)")
+        if self.position not in POSITIONS:
+            raise ValueError(f"position={self.position!r} is unknown; choose one of {', '.join(POSITIONS)}")
+        if len(self.mask_char) != 1:
+            raise ValueError(f"mask_char={self.mask_char!r} must be one character")
 
 
 class ProjectedFourierPosition(nn.Module):

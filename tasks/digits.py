@@ -31,6 +31,13 @@ class DigitsOptions:
     decoder_heads: int = 1
     label_smoothing: float = 0.0
 
+    def __post_init__(self) -> None:
+        for name in ("num_bands", "query_channels", "decoder_heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+
 
 class PixelAdapter(nn.Module):
     """(B, 8, 8) intensities in [0, 1]  ->  (B, 64, C): one token per pixel, row-major.
