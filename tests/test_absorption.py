@@ -11,7 +11,7 @@ from perceiver_mt.model import DecoderConfig, PerceiverDecoder
 from perceiver_mt.model.absorption import PROJECTED, SCORE_ORDERS, VALUE_ORDERS, AttentionPlan, attention_plan
 from perceiver_mt.model.attention import MultiHeadAttention
 from perceiver_mt.model.kernels import force_attention_kernel
-from tests.test_model import reference_attention
+from helpers import reference_attention
 
 PLANS = [AttentionPlan(s, v) for s, v in itertools.product(SCORE_ORDERS, VALUE_ORDERS)]
 

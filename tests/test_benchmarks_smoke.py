@@ -4,14 +4,14 @@ memory watchdog; and the model's memory options (checkpointing, chunked decoding
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
+
 sys.path.insert(0, str(REPO))  # benchmarks/ is a folder of scripts, not an installed package
 
 from benchmarks.configs import CONFIGS  # noqa: E402

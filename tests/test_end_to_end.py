@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch import Callback
 from sklearn.datasets import load_digits
 
+from helpers import DEBUG_CONFIG
 from perceiver_mt.config import RunConfig
 from perceiver_mt.inference import Predictor
 from perceiver_mt.run import build_datamodule, build_trainer, train
@@ -32,7 +33,6 @@ class LossRecorder(Callback):
 def fitted(tmp_path_factory):
     """One fit shared by the tests below: 200 steps of the debug config."""
     from perceiver_mt.config import load_config
-    from conftest import DEBUG_CONFIG
 
     output = tmp_path_factory.mktemp("fit")
     config = load_config(DEBUG_CONFIG, [f"output_dir={output}", "logger.kind=csv", "trainer.max_steps=200",

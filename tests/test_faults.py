@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 import distributed_helpers as runs
+from helpers import processes_with
 
 HUNG_TIMEOUT_S = 5
 
@@ -16,10 +17,7 @@ def seconds_from_fault_to_exit(run: runs.Run, folder: str = "record") -> float:
 
 def live_processes_of(run: runs.Run) -> list[str]:
     """Processes still running the run's command line (a rank that outlived its job)."""
-    import subprocess
-
-    listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in listing.splitlines() if f"output_dir={run.output_dir}" in line]
+    return processes_with(f"output_dir={run.output_dir}")
 
 
 @pytest.mark.distributed

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEBUG_CONFIG, REPO
+from helpers import DEBUG_CONFIG, REPO
 from perceiver_mt.config import load_config
 from perceiver_mt.run import train
 from perceiver_mt.shards.cli import main

@@ -19,8 +19,8 @@ from perceiver_mt.run import build_datamodule
 from perceiver_mt.system import MultiTaskSystem
 from perceiver_mt.tracking import loggers, runfile
 from perceiver_mt.tracking.gradients import cosine_matrix, task_gradients
-from tracking_runs import (DEBUG_CONFIG, REPO, RUN_OPTIONS, SHORT, TASKS, WANDB_ENV, environment, fallback_run,
-                           offline_run, train_job)
+from helpers import DEBUG_CONFIG, REPO, environment
+from tracking_runs import RUN_OPTIONS, SHORT, TASKS, WANDB_ENV, fallback_run, offline_run, train_job
 
 
 def run_files(output: Path) -> list[Path]:

@@ -16,7 +16,7 @@ import pytest
 import torch
 import webdataset as wds
 
-from conftest import DEBUG_CONFIG, REPO
+from helpers import DEBUG_CONFIG, REPO
 from datamodules.digits import DigitsDataModule
 from datamodules.webdataset import WebDatasetDataModule
 from perceiver_mt.config import load_config
