@@ -134,7 +134,7 @@ def read_checkpoint_metadata(path: str | Path, label: str | None = None) -> dict
     elif not path.is_file():
         raise ConfigError(f"{label} does not exist")
     if path.stat().st_size == 0:
-        raise ConfigError(f"{label} is empty (0 bytes): it was cut off while being written")
+        raise ConfigError(f"{label} is empty (0 bytes): not a checkpoint")
     if not zipfile.is_zipfile(path):  # torch.save's format is a zip archive; a cut-off one lacks its directory
         raise ConfigError(f"{label} is damaged or not a torch.save file (not a complete zip archive)")
     try:

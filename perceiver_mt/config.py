@@ -57,6 +57,7 @@ class LoggerConfig:
     log_model: bool = False  # upload checkpoints as W&B artifacts (online runs only)
     conflict_every_n_steps: int = 50  # task-gradient cosine matrix on the shared encoder; 0 = off (costs 1 fwd/bwd per task)
     media_every_n_steps: int = 0  # task media at validation once this many steps passed since the last; -1 = never
+    init_timeout_s: float = 15.0  # online W&B that cannot reach its server gives up after this long (then CSV)
 
 
 @dataclass

@@ -8,6 +8,7 @@ by `TaskSampler`; validation and test return one loader per task, in sorted task
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from collections.abc import Iterator, Sized
 from typing import Any, Callable
@@ -307,8 +308,25 @@ def num_train_samples(datamodule: LightningDataModule) -> int:
 
 
 class DataStatsMonitor(Callback):
-    """Logs each task DataModule's `data_stats()` (e.g. skipped bad records) as `data/<task>/<key>`, summed
-    over ranks, every `trainer.log_every_n_steps` steps. DataModules without `data_stats` are left out."""
+    """Each task DataModule's `data_stats(split)` (e.g. samples lost to bad data), summed over ranks.
+
+    Training: `data/<task>/<key>` every `trainer.log_every_n_steps` steps (running totals). Validation and
+    test: `<split>/<task>/<key>`, the change during that evaluation, beside its metrics (and so in
+    metrics.json). DataModules without `data_stats` are left out; one whose `data_stats` takes no split
+    reports training only.
+    """
+
+    def __init__(self) -> None:
+        self.before: dict[str, dict[str, float]] = {}
+
+    @staticmethod
+    def stats(datamodule: LightningDataModule, split: str) -> dict[str, float]:
+        stats = getattr(datamodule, "data_stats", None)
+        if stats is None:
+            return {}
+        if not inspect.signature(stats).parameters:
+            return dict(stats()) if split == "train" else {}
+        return dict(stats(split))
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -316,7 +334,33 @@ class DataStatsMonitor(Callback):
         if not datamodules or trainer.global_step % trainer.log_every_n_steps:
             return
         for task, datamodule in datamodules.items():
-            for key, value in getattr(datamodule, "data_stats", dict)().items():
+            for key, value in self.stats(datamodule, "train").items():
                 # Every rank reaches this step, so the summing collective cannot hang.
                 pl_module.log(f"data/{task}/{key}", float(value), on_step=True, on_epoch=False, sync_dist=True,
                               reduce_fx="sum", batch_size=1)
+
+    def _start(self, trainer: Trainer, split: str) -> None:
+        datamodules = getattr(trainer.datamodule, "datamodules", None) or {}
+        self.before = {task: self.stats(dm, split) for task, dm in datamodules.items()}
+
+    def _end(self, trainer: Trainer, pl_module: LightningModule, split: str) -> None:
+        if trainer.sanity_checking:
+            return
+        datamodules = getattr(trainer.datamodule, "datamodules", None) or {}
+        for task, datamodule in datamodules.items():
+            for key, value in self.stats(datamodule, split).items():
+                change = float(value) - self.before.get(task, {}).get(key, 0.0)
+                pl_module.log(f"{split}/{task}/{key}", change, on_step=False, on_epoch=True, sync_dist=True,
+                              reduce_fx="sum", batch_size=1)
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start(trainer, "val")
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._end(trainer, pl_module, "val")
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start(trainer, "test")
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._end(trainer, pl_module, "test")

@@ -187,6 +187,9 @@ class ByteMLMTask(Task):
     def make_batch(self, raw: list[str] | str) -> Batch:
         """Texts with `mask_char` where a byte is hidden  ->  a batch (padded to seq_len)."""
         texts = [raw] if isinstance(raw, str) else raw
+        if not isinstance(texts, (list, tuple)) or not all(isinstance(text, str) for text in texts):
+            raise ValueError(f"task {self.name!r} takes a text or a list of texts (str, {self.options.mask_char!r} "
+                             f"marking a masked character), got {type(raw).__name__}")
         rows = []
         for text in texts:
             ids: list[int] = []
@@ -197,7 +200,7 @@ class ByteMLMTask(Task):
             if len(ids) > self.options.seq_len:
                 raise ValueError(f"task {self.name!r} takes at most {self.options.seq_len} bytes per text, got {len(ids)}")
             rows.append(ids + [PAD_ID] * (self.options.seq_len - len(ids)))
-        return {"inputs": torch.tensor(rows, dtype=torch.long)}
+        return {"inputs": torch.tensor(rows, dtype=torch.long).reshape(len(rows), self.options.seq_len)}
 
     def predict(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.argmax(dim=-1)  # (B, L) predicted bytes at every position

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from perceiver_mt.config import RunConfig
 from perceiver_mt.plugins import build_task, build_task_datamodule
+from perceiver_mt.shards.codec import encoder_for
 from perceiver_mt.shards.reader import META_FILE, shard_records
 from perceiver_mt.task import Task
 
@@ -47,6 +48,7 @@ def write_split(task: Task, samples: Iterable[dict[str, Any]], out: Path, split:
                              encoder=False, mtime=0,  # bytes already; fixed mtime: same data, same shard bytes
                              post=lambda path: counts.__setitem__(Path(path).name, writer.count))
     keys = set()
+    encode = encoder_for(task)
     with writer:
         for sample in tqdm(samples, total=total, desc=f"{task.name} {split}", unit="sample"):
             key = f"{int(sample['index']):09d}"  # the sample id, unique within a split
@@ -54,7 +56,7 @@ def write_split(task: Task, samples: Iterable[dict[str, Any]], out: Path, split:
                 raise ValueError(f"task {task.name!r} split {split!r}: sample index {key} occurs twice; "
                                  "'index' must be unique within a split")
             keys.add(key)
-            writer.write({"__key__": key, **task.encode_sample(sample)})
+            writer.write({"__key__": key, **encode(sample)})
     for name in [name for name, n in counts.items() if not n]:  # ShardWriter opens a shard before any sample
         (out / name).unlink()
         del counts[name]
