@@ -99,6 +99,9 @@ def load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: {problem}") from None
+    except OSError as error:  # OmegaConf's word for a file holding a single value (a number, a date)
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys (seed:, model:, tasks:, ...), "
+                          f"not a single value ({error})") from None
     if not isinstance(values, DictConfig):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys (seed:, model:, tasks:, ...), "
                           f"not a {type(values).__name__.removesuffix('Config').lower()}")

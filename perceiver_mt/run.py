@@ -19,7 +19,7 @@ from perceiver_mt.data import DataStatsMonitor, MultiTaskDataModule
 from perceiver_mt.errors import ConfigError
 from perceiver_mt.outputs import AtomicCheckpointIO, prepare_output_dir, write_atomically
 from perceiver_mt.parallel import CollectiveTimeout, build_strategy, release_process_group
-from perceiver_mt.plugins import build_task_datamodule
+from perceiver_mt.plugins import build_task_datamodule, build_tasks
 from perceiver_mt.sampling import TaskSampler
 from perceiver_mt.shutdown import SigtermDeadline
 from perceiver_mt.system import MultiTaskSystem
@@ -56,12 +56,15 @@ def build_trainer(config: RunConfig, **extra: Any) -> Trainer:
                            CollectiveTimeout(config.parallel.timeout_s), SigtermDeadline(config.sigterm_grace_s),
                            *extra.pop("callbacks", [])]
     kwargs["plugins"] = [*kwargs.get("plugins", []), AtomicCheckpointIO()]
-    kwargs.setdefault("logger", build_logger(config))
     kwargs.setdefault("use_distributed_sampler", False)  # task DataModules shard by rank themselves
+    logger_given = "logger" in kwargs or "logger" in extra
     try:
-        return Trainer(**{**kwargs, **extra})
-    except MisconfigurationException as error:  # Lightning's own checks of trainer.* values
-        raise ConfigError(f"trainer: {' '.join(str(error).split())}") from None
+        trainer = Trainer(**{**kwargs, "logger": kwargs.get("logger", False), **extra})
+    except (MisconfigurationException, ValueError, TypeError, ImportError) as error:  # Lightning's own checks
+        raise ConfigError(f"trainer: {' '.join(str(error).split())[:400]}") from None
+    if not logger_given:  # started once the Trainer's checks passed: a refused run leaves no W&B run behind
+        trainer.logger = build_logger(config) or None
+    return trainer
 
 
 def resolve_checkpoint(config: RunConfig) -> str | None:
@@ -139,9 +142,13 @@ class Stopped(Exception):
 
 def build_system(config: RunConfig) -> MultiTaskSystem:
     """The system of this config, after every check that names a config key (a plugin's own checks included)."""
-    system = MultiTaskSystem.from_config(config)
-    check_task_decoders(system.task_plugins)
-    return system
+    check_task_decoders(build_tasks(config))
+    try:
+        return MultiTaskSystem.from_config(config)
+    except ConfigError:
+        raise
+    except ValueError as error:  # a layer's own check that the ones above do not know about yet
+        raise ConfigError(f"the network cannot be built from model.* and tasks.*.options: {error}") from None
 
 
 def describe_checkpoint(trainer: Trainer) -> str:

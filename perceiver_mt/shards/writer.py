@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from perceiver_mt.config import RunConfig
 from perceiver_mt.plugins import build_task, build_task_datamodule
-from perceiver_mt.shards.codec import encoder_for
-from perceiver_mt.shards.reader import META_FILE, shard_records
+from perceiver_mt.shards.codec import encoder_for, load_npy
+from perceiver_mt.shards.reader import META_FILE, shard_records, stored_counts
 from perceiver_mt.task import Task
 
 SPLITS = ("train", "val", "test")
@@ -90,8 +90,11 @@ def write_task(config: RunConfig, name: str, out: str | Path, shard_size: int, s
 
 
 def inspect_shard(url: str) -> dict[str, Any]:
-    """{"samples": n, "fields": {file suffix: count}, "first": {suffix: "dtype shape"}} of one shard."""
-    samples, fields, first = 0, {}, {}
+    """{"samples": n, "fields": {file suffix: count}, "first": {suffix: "dtype shape"}, "problems": [...]} of
+    one shard. Problems: a field that does not decode (its byte count must match its .npy header), and a
+    record count other than the one meta.json lists for the shard (a tar cut at a record boundary is a
+    valid, shorter tar). A shard that cannot be read to its end raises."""
+    samples, fields, first, problems = 0, {}, {}, []
     for record in shard_records(url):
         samples += 1
         for suffix, data in record.items():
@@ -100,7 +103,28 @@ def inspect_shard(url: str) -> dict[str, Any]:
             fields[suffix] = fields.get(suffix, 0) + 1
             if samples == 1:
                 first[suffix] = _describe(suffix, data)
-    return {"samples": samples, "fields": fields, "first": first}
+            if suffix.endswith(".npy"):
+                try:
+                    load_npy(data)
+                except Exception as error:  # noqa: BLE001 - any failure makes the record unusable
+                    problems.append(f"record {record.get('__key__')!r} field {suffix}: {error}")
+    listed = stored_counts([url])
+    if listed is not None and listed[url] != samples:
+        problems.append(f"{samples} records, but meta.json lists {listed[url]}")
+    if ends_without_end_marker(url):
+        problems.append("no end-of-archive marker: the file was cut off")
+    return {"samples": samples, "fields": fields, "first": first, "problems": problems}
+
+
+def ends_without_end_marker(url: str) -> bool:
+    """A local tar that does not end in the two zero blocks every complete tar ends with (a tar cut at a
+    record boundary reads as a valid, shorter one). URLs other than paths and file: are not checked."""
+    path = Path(url.removeprefix("file:")) if "://" not in url and not url.startswith("pipe:") else None
+    if path is None or not path.is_file() or path.stat().st_size < 1024:
+        return False
+    with open(path, "rb") as tar:
+        tar.seek(-1024, io.SEEK_END)
+        return tar.read(1024) != bytes(1024)
 
 
 def _describe(suffix: str, data: bytes) -> str:
