@@ -268,8 +268,8 @@ class MultiTaskDataModule(LightningDataModule):
         _, world = rank_and_world(self)
         size = num_train_samples(datamodule)
         batch = getattr(loader, "batch_size", None) or getattr(datamodule, "batch_size", "?")
-        share = f"{size // world} per rank ({size} over {world} ranks)" if world > 1 else f"{size}"
-        return (f"task {name!r}: its training set holds {share} samples, fewer than one batch of "
+        share = f"{size // world} samples per rank ({size} over {world} ranks)" if world > 1 else f"{size} samples"
+        return (f"task {name!r}: its training set holds {share}, fewer than one batch of "
                 f"tasks.{name}.data.batch_size={batch} (incomplete batches are dropped): use a batch size <= "
                 f"{max(size // world, 1)}")
 
