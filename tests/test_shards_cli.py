@@ -64,7 +64,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     broken = tmp_path / "broken.tar"
     broken.write_bytes(b"\0garbage" * 200)
     assert main(["inspect", str(broken)]) == 1
-    assert f"{broken}: unreadable" in capsys.readouterr().out
+    assert f"{broken}: corrupt: unreadable" in capsys.readouterr().out
 
 
 def test_every_builtin_task_trains_from_shards_by_config_alone(written, tmp_path):
