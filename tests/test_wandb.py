@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger
 
 import wandb_reader
 from perceiver_mt.config import ConfigError, load_config, to_dict
@@ -19,7 +22,7 @@ from perceiver_mt.run import build_datamodule
 from perceiver_mt.system import MultiTaskSystem
 from perceiver_mt.tracking import loggers, runfile
 from perceiver_mt.tracking.gradients import cosine_matrix, task_gradients
-from helpers import DEBUG_CONFIG, REPO, environment
+from helpers import DEBUG_CONFIG, REPO, environment, free_port
 from tracking_runs import RUN_OPTIONS, SHORT, TASKS, WANDB_ENV, fallback_run, offline_run, train_job
 
 
@@ -189,3 +192,36 @@ def test_only_the_rank_zero_process_counts_as_rank_zero() -> None:
     for values, expected in cases:
         with environment({**dict.fromkeys(names), **values}):
             assert (loggers.launch_rank() == 0) == (expected == 0), values
+
+
+@pytest.mark.slow
+def test_online_wandb_without_a_reachable_server_gives_up_within_its_bound(tmp_path: Path) -> None:
+    """A well-formed but fake key and no server: W&B's own retries took ~120 s. Both a refused connection and
+    a server that accepts but never answers fall back to CSV within logger.init_timeout_s, saying so."""
+    import socket
+    import threading
+    import time
+
+    silent = socket.socket()  # accepts connections (the kernel does), answers nothing
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    closed = free_port()  # nothing listens there
+    held: list = []
+    threading.Thread(target=lambda: held.extend(silent.accept() for _ in range(8)), daemon=True).start()
+    try:
+        for url, reason in ((f"http://127.0.0.1:{silent.getsockname()[1]}", "timed out"),
+                            (f"http://127.0.0.1:{closed}", "Connection refused")):
+            config = load_config(DEBUG_CONFIG, [f"output_dir={tmp_path / str(len(held))}", "logger.mode=online"])
+            stderr = io.StringIO()
+            started = time.monotonic()
+            with environment({"WANDB_API_KEY": "k" * 40, "WANDB_BASE_URL": url, "WANDB_MODE": None}), \
+                    contextlib.redirect_stderr(stderr):
+                logger = loggers.build_logger(config)
+            seconds = time.monotonic() - started
+            lines = [line for line in stderr.getvalue().splitlines() if "W&B" in line]
+            assert isinstance(logger, CSVLogger) and seconds < config.logger.init_timeout_s, (url, seconds)
+            assert len(lines) == 1 and lines[0].startswith(f"W&B could not start ({url} does not answer: ")
+            assert reason in lines[0] and "online start-up bounded by logger.init_timeout_s=15s); logging to CSV in" \
+                in lines[0]
+    finally:
+        silent.close()
