@@ -5,7 +5,8 @@ written whole or not at all.
                                            `overwrite=true`); remove temporary files a killed writer left
     AtomicCheckpointIO                     checkpoint files written next to their target, flushed to disk,
                                            then renamed over it: the previous one stays whole until then
-    write_atomically(path, data)           the same for small files (metrics.json)
+    write_atomically(path, write)          the same for small files (metrics.json)
+    replace_folder / recover_folder        the same for sharded checkpoint folders (one file per rank)
 
 Why next to the target: a rename is atomic only within one filesystem. Lightning's own writer stages the
 file in the system temp folder and moves it; with that folder on another filesystem (tmpfs) the move is
@@ -65,6 +66,7 @@ def prepare_output_dir(output_dir: str, ckpt_path: str | None, overwrite: bool) 
             path = folder / name.rstrip("/")
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         print(f"overwrite=true: removed the earlier run's {', '.join(found)} from {output_dir}", file=sys.stderr)
+    recover_folder(folder / "checkpoints" / "last.ckpt")
     remove_temporaries(folder / "checkpoints")
 
 
@@ -119,3 +121,46 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         write_atomically(path, lambda out: torch.save(checkpoint, out))
+
+
+# --- sharded checkpoints: a folder written by every rank ------------------------------------------------------
+
+def staging_folder(target: Path) -> Path:
+    """Where every rank writes its part of a sharded checkpoint before it replaces `target` (one name for all)."""
+    return target.with_name(f".{target.name}{TEMPORARY_MARK}staged")
+
+
+def previous_folder(target: Path) -> Path:
+    return target.with_name(f".{target.name}{TEMPORARY_MARK}previous")
+
+
+def is_complete_checkpoint_folder(folder: Path) -> bool:
+    """Every rank's shards are indexed by `.metadata` (written once all are done), and rank 0 writes the
+    rest of the state to meta.pt after that."""
+    return (folder / ".metadata").is_file() and (folder / "meta.pt").is_file()
+
+
+def replace_folder(staged: Path, target: Path) -> None:
+    """A completely written folder takes the place of `target`: the old one is renamed aside, the new one
+    renamed in, then the old one removed. A folder cannot be renamed over another in one step; a kill
+    between the two renames leaves both whole, and `recover_folder` puts the new one in place."""
+    previous = previous_folder(target)
+    if previous.exists():
+        shutil.rmtree(previous)
+    if target.exists():
+        os.rename(target, previous)
+    os.rename(staged, target)
+    fsync_folder(target.parent)
+    if previous.exists():
+        shutil.rmtree(previous)
+
+
+def recover_folder(target: Path) -> None:
+    """After a kill inside `replace_folder` (`target` missing): the staged folder if it is complete, else the
+    previous one. Anything else left over is a temporary that `remove_temporaries` takes away."""
+    if target.exists():
+        return
+    for candidate in (staging_folder(target), previous_folder(target)):
+        if candidate.is_dir() and is_complete_checkpoint_folder(candidate):
+            os.rename(candidate, target)
+            return

@@ -25,6 +25,7 @@ Data parallel "the same as one process" needs two things beyond averaging gradie
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 import tempfile
@@ -43,6 +44,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from perceiver_mt.errors import ConfigError
+from perceiver_mt.outputs import replace_folder, staging_folder
 
 SHARDINGS = ("full", "grad_op", "hybrid")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -135,6 +137,23 @@ class FSDP2Strategy(ModelParallelStrategy):
     def model_to_device(self) -> None:
         if not self.config.cpu_offload:  # offloaded shards must stay in CPU memory; FSDP moves them per use
             super().model_to_device()
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+        """A sharded checkpoint is written to a staging folder beside the target and takes its place once
+        every rank has written its part: a kill mid-write leaves the previous checkpoint whole (outputs.py).
+        A full checkpoint goes through the atomic checkpoint writer like any other file."""
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        target = Path(self.broadcast(str(filepath)))
+        staged = staging_folder(target)
+        if self.global_rank == 0 and staged.exists():
+            shutil.rmtree(staged)  # left by a writer killed before it finished
+        self.barrier()
+        super().save_checkpoint(checkpoint, staged, storage_options)
+        self.barrier()
+        if self.global_rank == 0:
+            replace_folder(staged, target)
+        self.barrier()
 
 
 def fsdp_mesh(strategy: Strategy) -> Any:

@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -19,7 +20,7 @@ import torch
 from helpers import DEBUG_CONFIG, REPO, run_command, train_command
 from perceiver_mt.errors import ConfigError
 from perceiver_mt.outputs import TEMPORARY_MARK, AtomicCheckpointIO, earlier_run, prepare_output_dir, \
-    remove_temporaries
+    remove_temporaries, replace_folder, staging_folder
 
 TINY = ["logger.kind=csv", "test=false", "trainer.limit_val_batches=1", "trainer.val_check_interval=2",
         "logger.conflict_every_n_steps=0"]
@@ -114,6 +115,75 @@ def test_checkpoint_killed_at_any_moment_of_its_write_leaves_the_previous_one_wh
     assert last_version > 0 and not list(temp_dir.iterdir())  # written next to the target, nothing staged elsewhere
     remove_temporaries(folder)  # what the next run does first
     assert [p.name for p in folder.iterdir()] == ["last.ckpt"]
+
+
+def write_folders_forever(target: str, first_version: int) -> None:
+    """Sharded checkpoints in the order a run writes them: each rank's shard, the index, rank 0's meta.pt."""
+    target_path = Path(target)
+    version = first_version
+    while True:
+        staged = staging_folder(target_path)
+        if staged.exists():
+            shutil.rmtree(staged)
+        staged.mkdir()
+        for name in ("__0_0.distcp", "__1_0.distcp", ".metadata", "meta.pt"):
+            (staged / name).write_bytes(f"{version:08d}".encode() * 20_000)
+        replace_folder(staged, target_path)
+        version += 1
+
+
+@pytest.mark.slow
+def test_sharded_checkpoint_folder_killed_at_any_moment_is_whole_after_the_next_start(tmp_path):
+    """Folders cannot be renamed over each other in one step: a kill between the two renames leaves no
+    `last.ckpt`, and the next start (`prepare_output_dir`) puts the right complete folder in place."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    target = folder / "last.ckpt"
+    context = multiprocessing.get_context("fork")
+    rng = random.Random(1)
+    last_version, between_renames = 0, 0
+    for _ in range(60):
+        writer = context.Process(target=write_folders_forever, args=(str(target), last_version + 1), daemon=True)
+        writer.start()
+        time.sleep(rng.uniform(0.001, 0.02))
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.join()
+        between_renames += not target.exists() and last_version > 0
+        prepare_output_dir(str(tmp_path), "last", overwrite=False)  # what the resumed run does first
+        if target.exists():
+            versions = {int((target / name).read_bytes()[:8]) for name in ("__0_0.distcp", "__1_0.distcp",
+                                                                             ".metadata", "meta.pt")}
+            assert len(versions) == 1, f"a folder mixing checkpoints {versions}"
+            version = versions.pop()
+            assert version >= last_version, "the checkpoint went back to an older version"
+            last_version = version
+        else:
+            assert last_version == 0, "a complete checkpoint was lost"
+        assert [p.name for p in folder.iterdir()] in ([], ["last.ckpt"])  # temporaries gone
+    print(f"60 kills, {between_renames} between the two renames, last version {last_version}")
+    assert last_version > 0
+
+
+def test_a_kill_between_the_two_renames_of_a_folder_loses_nothing(tmp_path):
+    """The moment the loop above rarely hits: the old folder renamed aside, the new one not yet in place."""
+    folder = tmp_path / "checkpoints"
+    target = folder / "last.ckpt"
+
+    def sharded(path: Path, version: str, complete: bool = True) -> None:
+        path.mkdir(parents=True)
+        for name in ("__0_0.distcp", ".metadata", "meta.pt")[: 3 if complete else 1]:
+            (path / name).write_text(version)
+
+    sharded(folder / f".last.ckpt{TEMPORARY_MARK}previous", "old")
+    sharded(staging_folder(target), "new")
+    prepare_output_dir(str(tmp_path), "last", overwrite=False)
+    assert (target / "meta.pt").read_text() == "new" and [p.name for p in folder.iterdir()] == ["last.ckpt"]
+
+    shutil.rmtree(target)  # an incomplete staged folder is never taken: the previous one comes back
+    sharded(folder / f".last.ckpt{TEMPORARY_MARK}previous", "old")
+    sharded(staging_folder(target), "half", complete=False)
+    prepare_output_dir(str(tmp_path), "last", overwrite=False)
+    assert (target / "meta.pt").read_text() == "old" and [p.name for p in folder.iterdir()] == ["last.ckpt"]
 
 
 @pytest.mark.slow
