@@ -19,11 +19,13 @@ from distributed_helpers import assert_same_metrics, assert_same_outputs, assert
 from perceiver_mt.data import EvalShardBatchSampler
 from perceiver_mt.system import MultiTaskSystem
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_ddp_per_step_losses_match_one_process():
     assert_same_training(runs.ddp(), runs.single_process())
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_ddp_final_model_matches_one_process():
     # Also proves idle tasks are skipped as in one process: a zero gradient left in place instead of None
@@ -32,6 +34,7 @@ def test_ddp_final_model_matches_one_process():
     assert_same_outputs(runs.ddp(), runs.single_process())
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_ranks_see_disjoint_samples_that_make_up_the_global_batch():
     ddp, single = runs.ddp(), runs.single_process()
@@ -50,6 +53,7 @@ def test_ranks_see_disjoint_samples_that_make_up_the_global_batch():
     assert not seen[0] & seen[1], "a sample was trained on by both ranks"
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_validation_metrics_are_reduced_over_all_samples_not_averaged_per_rank():
     assert_same_metrics(runs.ddp(), runs.single_process())

@@ -45,6 +45,7 @@ def fitted(tmp_path_factory):
     return config, system, recorder
 
 
+@pytest.mark.slow
 def test_every_task_loss_drops(fitted):
     _, _, recorder = fitted
     assert set(recorder.losses) == {"digits", "pydoc_mlm"}
@@ -54,6 +55,7 @@ def test_every_task_loss_drops(fitted):
         assert last < 0.9 * first, f"{task}: {first:.3f} -> {last:.3f}"
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_gives_identical_outputs(fitted):
     config, system, _ = fitted
     checkpoint = f"{config.output_dir}/checkpoints/last.ckpt"
@@ -66,6 +68,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(fitted):
     assert restored.run_config == config
 
 
+@pytest.mark.slow
 def test_inference_by_task_name_on_raw_inputs(fitted):
     config, _, _ = fitted
     predictor = Predictor.from_checkpoint(f"{config.output_dir}/checkpoints/last.ckpt")
@@ -81,6 +84,7 @@ def test_inference_by_task_name_on_raw_inputs(fitted):
         predictor.predict("digits", torch.zeros(2, 3, 64))
 
 
+@pytest.mark.slow
 def test_train_writes_per_task_metrics_and_a_checkpoint(debug_config: RunConfig):
     metrics = train(debug_config)
     written = json.loads((debug_config.output_dir and open(f"{debug_config.output_dir}/metrics.json").read()))

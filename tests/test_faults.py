@@ -20,6 +20,7 @@ def live_processes_of(run: runs.Run) -> list[str]:
     return processes_with(f"output_dir={run.output_dir}")
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_killed_rank_fails_the_job_fast_with_a_clear_error():
     killed, _ = runs.fsdp_killed_then_resumed()
@@ -29,6 +30,7 @@ def test_killed_rank_fails_the_job_fast_with_a_clear_error():
     assert "error: rank 0/2: a collective failed: another rank died or did not answer" in killed.output
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_hung_rank_fails_the_job_after_the_configured_timeout():
     def launch(output_dir):

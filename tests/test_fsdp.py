@@ -17,16 +17,19 @@ from perceiver_mt.system import MultiTaskSystem
 from distributed_helpers import assert_same_metrics, assert_same_outputs, assert_same_parameters, assert_same_training
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_fsdp_per_step_losses_match_one_process():
     assert_same_training(runs.fsdp(), runs.single_process())
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_fsdp_validation_metrics_match_one_process():
     assert_same_metrics(runs.fsdp(), runs.single_process())
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_fsdp_full_checkpoint_is_one_file_that_loads_in_one_process():
     fsdp = runs.fsdp()
@@ -35,6 +38,7 @@ def test_fsdp_full_checkpoint_is_one_file_that_loads_in_one_process():
     assert_same_outputs(fsdp, runs.single_process())
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_sharded_checkpoint_is_one_shard_per_rank():
     killed, _ = runs.fsdp_killed_then_resumed()
@@ -47,6 +51,7 @@ def test_sharded_checkpoint_is_one_shard_per_rank():
     assert set(meta["MultiTaskDataModule"]["loaders"]) == {"digits", "pydoc_mlm"}
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_resume_from_sharded_checkpoint_continues_like_an_uninterrupted_run():
     killed, resumed = runs.fsdp_killed_then_resumed()
@@ -68,6 +73,7 @@ def test_resume_from_sharded_checkpoint_continues_like_an_uninterrupted_run():
     assert first["indices"] == original["indices"], "the resumed run did not continue where the data stood"
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_sharded_checkpoint_consolidates_into_one_file_for_one_process(tmp_path):
     killed, resumed = runs.fsdp_killed_then_resumed()

@@ -22,6 +22,7 @@ QUICK = ["logger.kind=none", "test=false", "trainer.limit_val_batches=1"]
 def test_batch_larger_than_a_training_set_is_one_line_not_a_hang(tmp_path):
     run = run_command(train_command(DEBUG_CONFIG, tmp_path / "run", *QUICK, "tasks.digits.data.batch_size=5000"),
                       tmp_path / "run", timeout=120)
+    print(f"batch larger than the training set: exit {run.returncode} after {run.seconds:.1f}s")
     assert run.returncode == 2, run.output[-3000:]  # not -9: it did not run into the timeout
     assert run.error_lines() == [
         "error: task 'digits': its training set holds 1257 samples, fewer than one batch of "
@@ -35,6 +36,7 @@ def test_rank_share_smaller_than_the_batch_is_one_line_on_every_rank(tmp_path):
     output = tmp_path / "run"
     run = run_command(train_command(DEBUG_CONFIG, output, *QUICK, "trainer.devices=2", "trainer.strategy=ddp",
                                     "tasks.digits.data.batch_size=700"), output, timeout=180)
+    print(f"rank share smaller than the batch (2 ranks): exit {run.returncode} after {run.seconds:.1f}s")
     assert run.returncode not in (0, -9), run.output[-3000:]
     expected = ("error: task 'digits': its training set holds 628 samples per rank (1257 over 2 ranks), fewer than "
                 "one batch of tasks.digits.data.batch_size=700 (incomplete batches are dropped): use a batch size "
@@ -82,6 +84,7 @@ def test_sigterm_during_training_stops_at_the_next_step_with_one_line(tmp_path):
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     lines = log.read_text().splitlines()
+    print(f"SIGTERM during training: exit {code} {seconds:.1f}s after the signal")
     assert code == 128 + signal.SIGTERM, lines[-20:]
     assert seconds < 10, seconds
     assert lines[-1].startswith("stopped by SIGTERM at step ") and lines[-1].endswith(
@@ -105,6 +108,7 @@ def test_sigterm_ends_a_stuck_run_after_the_grace_period(tmp_path):
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     lines = log.read_text().splitlines()
+    print(f"SIGTERM to a stuck run (grace 3s): exit {code} {seconds:.1f}s after the signal")
     assert code == 128 + signal.SIGTERM, lines[-20:]
     assert 3 <= seconds < 3 + 10, seconds
     assert lines[-1] == ("error: still running 3s after SIGTERM (near step 2); stopped without cleaning up. Resume "

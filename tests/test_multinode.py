@@ -20,6 +20,7 @@ from helpers import DEBUG_CONFIG, REPO, free_port
 STEPS = 4
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_torchrun_nodes_train_together(tmp_path):
     port = free_port()

@@ -15,6 +15,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from helpers import REPO, make_distribution
 from perceiver_mt.registry import TASK_GROUP, registered
 
@@ -28,6 +30,7 @@ def install_example(site: Path) -> Path:
     return site
 
 
+@pytest.mark.slow
 def test_third_party_task_trains_alongside_digits(tmp_path):
     site = install_example(tmp_path / "site")
     config = tmp_path / "two_tasks.yaml"
@@ -59,6 +62,7 @@ trainer:
     assert "iris_plugin" not in "".join(p.read_text() for p in (REPO / "perceiver_mt").rglob("*.py"))
 
 
+@pytest.mark.slow
 def test_unknown_task_plugin_lists_the_installed_ones(tmp_path):
     site = install_example(tmp_path / "site")
     env = {**os.environ, "PYTHONPATH": str(site)}

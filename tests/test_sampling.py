@@ -77,6 +77,7 @@ def _choose_on_rank(rank: int, world: int, port: int, queue) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_every_rank_chooses_the_same_task_without_communicating():
     context = mp.get_context("spawn")

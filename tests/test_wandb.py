@@ -34,6 +34,7 @@ def logged_keys(rows: list[dict]) -> set[str]:
     return set().union(*rows)
 
 
+@pytest.mark.slow
 def test_offline_run_file_holds_per_task_metrics_resolved_config_and_media() -> None:
     output = offline_run()
     [path] = run_files(output)  # exactly one run for the job (fit and validate share it)
@@ -75,11 +76,13 @@ def test_offline_run_file_holds_per_task_metrics_resolved_config_and_media() -> 
     assert json.loads((output / "tracking.json").read_text())["run_id"] == run.run_id
 
 
+@pytest.mark.slow
 def test_report_reader_matches_independent_reader() -> None:
     [path] = run_files(offline_run())
     assert runfile.history(path) == wandb_reader.history(path)
 
 
+@pytest.mark.slow
 def test_checkpoint_carries_run_id_and_resume_continues_the_same_run(tmp_path: Path) -> None:
     output = tmp_path / "resumed"
     shutil.copytree(offline_run(), output)
@@ -100,6 +103,7 @@ def test_checkpoint_carries_run_id_and_resume_continues_the_same_run(tmp_path: P
     assert sampled[-1] == 6  # counted across the restart: 4 before it, 2 after
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_process_ddp_job_makes_exactly_one_wandb_run(tmp_path: Path) -> None:
     output = tmp_path / "ddp"
@@ -121,6 +125,7 @@ def test_two_process_ddp_job_makes_exactly_one_wandb_run(tmp_path: Path) -> None
     assert max(row["train/digits/samples_per_sec"] for row in rows if "train/digits/samples_per_sec" in row) > 0
 
 
+@pytest.mark.slow
 def test_wandb_that_cannot_start_falls_back_to_csv_with_one_clear_line() -> None:
     output, stderr = fallback_run()
     lines = [line for line in stderr.splitlines() if "W&B could not start" in line]
@@ -219,6 +224,7 @@ def test_online_wandb_without_a_reachable_server_gives_up_within_its_bound(tmp_p
                 logger = loggers.build_logger(config)
             seconds = time.monotonic() - started
             lines = [line for line in stderr.getvalue().splitlines() if "W&B" in line]
+            print(f"online W&B, {reason}: CSV after {seconds:.1f}s")
             assert isinstance(logger, CSVLogger) and seconds < config.logger.init_timeout_s, (url, seconds)
             assert len(lines) == 1 and lines[0].startswith(f"W&B could not start ({url} does not answer: ")
             assert reason in lines[0] and "online start-up bounded by logger.init_timeout_s=15s); logging to CSV in" \

@@ -97,6 +97,7 @@ def test_eval_reads_every_sample_once_with_in_memory_values(shards, task, memory
         assert torch.equal(sample["inputs"], expected[index]["inputs"]) and sample["target"] == expected[index]["target"]
 
 
+@pytest.mark.slow
 def test_file_and_pipe_urls_read_the_same_as_paths(shards, task):
     paths = [str(shards / f"train-{i:06d}.tar") for i in range(5)]
     forms = {
@@ -120,6 +121,7 @@ def test_train_samples_from_meta_or_config(shards, task):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.slow
 def test_train_epoch_has_fixed_length_and_reshuffles(shards, task, workers):
     dm = datamodule(task, root=str(shards), num_workers=workers, batch_size=32)
     loader = dm.train_dataloader()
@@ -152,6 +154,7 @@ def fit_digits(loader, steps: int, test_loader) -> float:
     return float(torch.cat(hits).mean())
 
 
+@pytest.mark.slow
 def test_training_from_shards_reaches_the_in_memory_accuracy(shards, task, memory):
     steps = 200
     in_memory = fit_digits(memory.train_dataloader(), steps, memory.test_dataloader())
@@ -242,6 +245,7 @@ def _rank_worker(rank: int, world: int, shards: str, task, out: str) -> None:
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_ranks_same_steps_on_uneven_shards_and_exactly_once_eval(shards, task, tmp_path):
     torch.multiprocessing.spawn(_rank_worker, args=(2, str(shards), task, str(tmp_path)), nprocs=2, join=True)
@@ -255,6 +259,7 @@ def test_two_ranks_same_steps_on_uneven_shards_and_exactly_once_eval(shards, tas
         assert ranks[0][split + "_batches"] == ranks[1][split + "_batches"], split
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_train_py_ddp_from_uneven_shards_with_a_corrupt_one(shards, tmp_path):
     """The real job: 2 DDP ranks (every step all-reduces), 3 shards of different sizes, two of them truncated."""
