@@ -42,6 +42,7 @@ def test_config_a_has_the_same_size_in_every_implementation(implementation):
         assert theirs == ours
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", ["tinyA", "tinyC"])
 def test_flop_formula_matches_counted_matmuls(config):
     """The nominal count is what the projected order executes; the absorbed count what ours executes."""
@@ -56,6 +57,7 @@ def test_flop_formula_matches_counted_matmuls(config):
     assert counted["ours+projected"] == forward_flops(c)
     assert counted["ours"] == forward_flops(c, absorbed=True) < forward_flops(c)
 
+@pytest.mark.slow
 
 def test_memory_options_do_not_change_outputs_or_gradients():
     c = CONFIGS["tinyC"]

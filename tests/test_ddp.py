@@ -59,6 +59,7 @@ def test_validation_metrics_are_reduced_over_all_samples_not_averaged_per_rank()
     assert_same_metrics(runs.ddp(), runs.single_process())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["digits", "pydoc_mlm"])
 def test_each_task_datamodule_shards_a_whole_epoch_by_rank(debug_config, task):
     """Over a full pass: training shares are disjoint and equal; evaluation covers every sample once in

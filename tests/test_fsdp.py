@@ -86,6 +86,7 @@ def test_sharded_checkpoint_consolidates_into_one_file_for_one_process(tmp_path)
     assert_same_parameters(consolidated, runs.fsdp(), atol=1e-6)
     assert_same_outputs(consolidated, runs.fsdp())
 
+@pytest.mark.slow
 
 def test_parallelize_wraps_each_unit_once(debug_config):
     """One real 1-rank gloo group: every layer is one FSDP unit, shared layers included, applied twice

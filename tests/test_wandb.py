@@ -142,6 +142,7 @@ def test_wandb_that_cannot_start_falls_back_to_csv_with_one_clear_line() -> None
     assert list(output.glob("media/step_*/media_pydoc_mlm_predictions.csv"))
     assert (output / "metrics.json").is_file()  # the job finished
 
+@pytest.mark.slow
 
 def test_conflict_probe_leaves_gradients_untouched_and_matches_plain_backward() -> None:
     torch.manual_seed(0)
