@@ -61,12 +61,12 @@ def check_encoder(model: EncoderConfig) -> None:
     check_sizes(model, "model")
     # Widths as EncoderConfig documents them: qk defaults to latent_channels, v to qk.
     for kind in ("cross", "self"):
-        qk = getattr(model, f"{kind}_attention_qk_channels") or model.latent_channels
-        v = getattr(model, f"{kind}_attention_v_channels") or qk
-        qk_key = f"model.{kind}_attention_qk_channels" if getattr(model, f"{kind}_attention_qk_channels") else "model.latent_channels"
-        v_key = f"model.{kind}_attention_v_channels" if getattr(model, f"{kind}_attention_v_channels") else qk_key
+        qk_given, v_given = getattr(model, f"{kind}_attention_qk_channels"), getattr(model, f"{kind}_attention_v_channels")
+        qk_key = f"model.{kind}_attention_qk_channels" if qk_given else "model.latent_channels"
+        v_key = f"model.{kind}_attention_v_channels" if v_given else qk_key
+        qk = qk_given or model.latent_channels
         check_heads("model", f"num_{kind}_attention_heads", getattr(model, f"num_{kind}_attention_heads"),
-                    {qk_key: qk, v_key: v})
+                    {qk_key: qk, v_key: v_given or qk})
     if model.num_cross_attends > model.num_blocks:
         raise ConfigError(f"model.num_cross_attends={model.num_cross_attends} must be <= model.num_blocks="
                           f"{model.num_blocks}: each cross-attend precedes one application of the latent block")
@@ -101,7 +101,8 @@ def check_sampling(config: RunConfig) -> None:
     if config.sampling.strategy == "temperature" and config.sampling.temperature <= 0:
         raise ConfigError(f"sampling.temperature={config.sampling.temperature} must be > 0")
     if config.steps_per_epoch is not None and config.steps_per_epoch < 1:
-        raise ConfigError(f"steps_per_epoch={config.steps_per_epoch} must be >= 1 (or null: the tasks' batches added up)")
+        raise ConfigError(f"steps_per_epoch={config.steps_per_epoch} must be >= 1 "
+                          "(or null: the tasks' batches added up)")
 
 
 def check_trainer(trainer: dict[str, Any]) -> None:
@@ -129,7 +130,8 @@ def read_checkpoint_metadata(path: str | Path, label: str | None = None) -> dict
     label = label or f"checkpoint {str(path)!r}"
     if path.is_dir():
         if not (path / SHARDED_METADATA).is_file():
-            raise ConfigError(f"{label} is a folder but not a sharded training checkpoint (it has no {SHARDED_METADATA})")
+            raise ConfigError(f"{label} is a folder but not a sharded training checkpoint "
+                              f"(it has no {SHARDED_METADATA})")
         path = path / SHARDED_METADATA
     elif not path.is_file():
         raise ConfigError(f"{label} does not exist")

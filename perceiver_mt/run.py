@@ -128,7 +128,8 @@ def train(config: RunConfig, callbacks: list[Any] | None = None) -> dict[str, di
     metrics = collect_metrics(results)
     if trainer.is_global_zero:
         output = Path(config.output_dir)
-        write_atomically(output / "metrics.json", lambda out: out.write(json.dumps(metrics, indent=2, sort_keys=True).encode()))
+        table = json.dumps(metrics, indent=2, sort_keys=True).encode()
+        write_atomically(output / "metrics.json", lambda out: out.write(table))
         print(format_table(metrics))
         print(f"metrics: {output / 'metrics.json'}  {describe_checkpoint(trainer)}")
     tracking_loggers.finish(trainer)

@@ -56,6 +56,16 @@ def test_every_task_loss_drops(fitted):
 
 
 @pytest.mark.slow
+def test_progress_bar_shows_one_loss_per_task(fitted):
+    """Not one `train/loss` that alternates between tasks with no label: each task's latest loss, by name."""
+    _, system, recorder = fitted
+    shown = system.trainer.progress_bar_metrics
+    assert {"loss/digits", "loss/pydoc_mlm"} <= set(shown) and "train/loss" not in shown
+    for task, losses in recorder.losses.items():
+        assert shown[f"loss/{task}"] == pytest.approx(losses[-1], rel=1e-5)
+
+
+@pytest.mark.slow
 def test_checkpoint_round_trip_gives_identical_outputs(fitted):
     config, system, _ = fitted
     checkpoint = f"{config.output_dir}/checkpoints/last.ckpt"
