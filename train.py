@@ -1,6 +1,8 @@
 """Train one shared Perceiver IO on several tasks at once.
 
     python train.py [--config configs/default.yaml] [dotted.key=value ...]
+
+Exit status: 0 done; 2 a mistake in the command, config or data, explained in one line; 143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import sys
 
 from perceiver_mt.config import DEFAULT_CONFIG, ConfigError, load_config
 from perceiver_mt.registry import RegistryError
-from perceiver_mt.run import train
+from perceiver_mt.run import Stopped, train
+from perceiver_mt.shutdown import SIGTERM_EXIT_STATUS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RegistryError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Stopped as stopped:
+        print(stopped, file=sys.stderr)
+        return SIGTERM_EXIT_STATUS
     return 0
 
 

@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="extra dotted.key=value overrides for train.py")
     args = parser.parse_args(argv)
 
-    command = [sys.executable, str(REPO / "train.py"), f"output_dir={args.output_dir}", *args.overrides]
+    # Each measurement is a new run: it replaces the previous measurement's folder.
+    command = [sys.executable, str(REPO / "train.py"), f"output_dir={args.output_dir}", "overwrite=true", *args.overrides]
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
     subprocess.run(command, cwd=REPO, check=True)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from perceiver_mt.config import load_config
 from perceiver_mt.data import _EndlessLoader
-from perceiver_mt.run import build_task_datamodule
 from perceiver_mt.shards.cli import task_config
-from perceiver_mt.shards.writer import build_task, write_task
+from perceiver_mt.plugins import build_task, build_task_datamodule
+from perceiver_mt.shards.writer import write_task
 
 REPO = Path(__file__).resolve().parent.parent
 

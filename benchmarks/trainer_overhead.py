@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from benchmarks.measure import REPO
 from perceiver_mt.config import load_config
 from perceiver_mt.optim import build_optimizer
-from perceiver_mt.run import build_task_datamodule
+from perceiver_mt.plugins import build_task_datamodule
 from perceiver_mt.system import MultiTaskSystem
 
 TASK = "digits"

@@ -5,10 +5,12 @@
 
 `root` is a folder written by the shard writer (`<split>-NNNNNN.tar` + meta.json); `train_urls`,
 `val_urls`, `test_urls` name shards directly and override it, e.g. '/data/digits/train-{000000..000003}.tar'.
-Records are decoded by the task's own codec (`Task.decode_sample`); the task instance is passed in as
-`task` by the run. Training yields the same number of batches on every rank; evaluation sees every
-sample once across ranks (see `perceiver_mt.shards.reader`). Bad shards or records are skipped and
-counted (`data_stats()["skipped"]`, logged as `data/<task>/skipped`), or fatal with `strict=True`.
+Records are decoded by the task's own codec (`perceiver_mt.shards.codec.decoder_for`); the task instance
+is passed in as `task` by the run. Training yields the same number of batches on every rank; evaluation
+sees every sample once across ranks (see `perceiver_mt.shards.reader`). Bad shards or records are
+skipped and the samples lost counted per split (`data_stats(split)["skipped_samples"]`, logged as
+`data/<task>/skipped_samples` in training and `<split>/<task>/skipped_samples` in evaluation), or fatal
+with `strict=True`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from perceiver_mt.data import rank_and_world
-from perceiver_mt.shards.codec import decode_fields
+from perceiver_mt.shards.codec import decode_fields, decoder_for
 from perceiver_mt.shards.reader import (
     EvalShardStream, SkipCounter, TrainShardStream, count_records, expand_urls, read_meta, stored_counts,
 )
@@ -50,6 +52,14 @@ class WebDatasetDataModule(LightningDataModule):
         task: Task | None = None,
     ):
         super().__init__()
+        for name, value, least in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
+                                   ("shuffle_buffer", shuffle_buffer, 0), ("num_train_samples", num_train_samples, 1),
+                                   ("batches_per_epoch", batches_per_epoch, 1)):
+            if value is not None and value < least:
+                raise ValueError(f"{name}={value} must be >= {least}")
+        if root and "://" not in root and not root.startswith(("pipe:", "file:")) and not os.path.isdir(root):
+            raise ValueError(f"root={root!r} is not a folder: give the folder the shard writer wrote "
+                             "(<split>-NNNNNN.tar and meta.json), or the shards as train_urls/val_urls/test_urls")
         self.root = root.rstrip("/") if root else None  # folder (or URL prefix) from the shard writer
         self.urls = {"train": train_urls, "val": val_urls, "test": test_urls}  # override `root`, per split
         self.batch_size = batch_size
@@ -63,19 +73,20 @@ class WebDatasetDataModule(LightningDataModule):
         self.num_train_samples: int | None = None
         self.shards: dict[str, list[str]] = {}
         self.counts: dict[str, list[int]] = {}  # samples per shard of each evaluation split
-        self.skips: SkipCounter | None = None
+        self.skips: dict[str, SkipCounter] = {}  # samples lost to bad data, per split
 
     def setup(self, stage: str | None = None) -> None:
-        if self.skips is None:  # created here, not in __init__: shared memory must not cross a pickled spawn
-            self.skips = SkipCounter(self.task.name if self.task else "webdataset", self.strict)
+        if not self.skips:  # created here, not in __init__: shared memory must not cross a pickled spawn
+            self.skips = {split: SkipCounter(self.task.name if self.task else "webdataset", self.strict)
+                          for split in SPLITS}
         if stage in ("fit", None) and self.num_train_samples is None:
             self.num_train_samples = self._count_train()
 
     def train_dataloader(self) -> DataLoader:
         rank, world = rank_and_world(self)
         batches = self.batches_per_epoch or max(1, self.num_train_samples // (world * self.batch_size))
-        stream = TrainShardStream(self._shards("train"), self._decoder(), self.skips, self.batch_size, batches, rank,
-                                  self.seed, self.shuffle_buffer)
+        stream = TrainShardStream(self._shards("train"), self._decoder(), self.skips["train"], self.batch_size, batches,
+                                  rank, self.seed, self.shuffle_buffer, counts=stored_counts(self._shards("train")))
         return DataLoader(stream, batch_size=None, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
@@ -84,21 +95,18 @@ class WebDatasetDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
 
-    def data_stats(self) -> dict[str, float]:
-        """Counters for the run's logs, as `data/<task>/<key>`."""
-        return {"skipped": float(self.skips.count if self.skips else 0)}
+    def data_stats(self, split: str = "train") -> dict[str, float]:
+        """Counters of one split for the run's logs: samples lost to bad data so far."""
+        return {"skipped_samples": float(self.skips[split].count if self.skips else 0)}
 
     def _decoder(self) -> Any:
-        """The task's record decoder; without a task (DataModule used on its own), the base Task's codec.
-
-        A function of the task only, not of this DataModule: workers get it without the trainer.
-        """
-        return self.task.decode_sample if self.task is not None else partial(decode_fields, dtypes=Task.shard_fields)
+        """The task's record decoder; without a task (DataModule used on its own), the base Task's codec."""
+        return decoder_for(self.task) if self.task is not None else partial(decode_fields, dtypes=Task.shard_fields)
 
     def _eval_loader(self, split: str) -> DataLoader:
         rank, world = rank_and_world(self)
-        stream = EvalShardStream(self._shards(split), self._counts(split), self._decoder(), self.skips, self.batch_size,
-                                 rank, world)
+        stream = EvalShardStream(self._shards(split), self._counts(split), self._decoder(), self.skips[split],
+                                 self.batch_size, rank, world)
         return DataLoader(stream, batch_size=None, num_workers=self.num_workers)
 
     def _shards(self, split: str) -> list[str]:

@@ -13,20 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from perceiver_mt.errors import ConfigError
 from perceiver_mt.model.perceiver import EncoderConfig
 from perceiver_mt.parallel import ParallelConfig
 from perceiver_mt.sampling import STRATEGIES, SamplingConfig
 from perceiver_mt.speed.seam import SpeedConfig
 from perceiver_mt.speed.seam import check_config as check_speed_config
 
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
-
-
-class ConfigError(ValueError):
-    """A configuration mistake, explained in one line."""
 
 
 @dataclass
@@ -59,6 +58,7 @@ class LoggerConfig:
     log_model: bool = False  # upload checkpoints as W&B artifacts (online runs only)
     conflict_every_n_steps: int = 50  # task-gradient cosine matrix on the shared encoder; 0 = off (costs 1 fwd/bwd per task)
     media_every_n_steps: int = 0  # task media at validation once this many steps passed since the last; -1 = never
+    init_timeout_s: float = 15.0  # online W&B that cannot reach its server gives up after this long (then CSV)
 
 
 @dataclass
@@ -75,6 +75,8 @@ class RunConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # DDP/FSDP options (perceiver_mt.parallel)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     ckpt_path: str | None = None  # resume from this checkpoint ("last" = output_dir/checkpoints/last.ckpt)
+    overwrite: bool = False  # a new run in an output_dir that holds an earlier one: false = refuse, true = replace it
+    sigterm_grace_s: float = 30.0  # after SIGTERM the run stops at the next step; if stuck, it exits after this long
     test: bool = True  # evaluate the test split of every task after fitting
 
 
@@ -101,7 +103,19 @@ def _explain(error: OmegaConfBaseException, where: str = "") -> ConfigError:
 def load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     """A YAML config file. A top-level `base: other.yaml` (relative to the file) is loaded first and then
     overridden, so a preset (e.g. configs/fsdp.yaml) holds only what it changes."""
-    values = OmegaConf.load(path)
+    try:
+        values = OmegaConf.load(path)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: {problem}") from None
+    except OSError as error:  # OmegaConf's word for a file holding a single value (a number, a date)
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys (seed:, model:, tasks:, ...), "
+                          f"not a single value ({error})") from None
+    if not isinstance(values, DictConfig):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys (seed:, model:, tasks:, ...), "
+                          f"not a {type(values).__name__.removesuffix('Config').lower()}")
     base = values.pop("base", None)
     if base is None:
         return values
@@ -150,15 +164,22 @@ def _refuse_moved_keys(values: DictConfig, where: str) -> None:
 
 
 def validate_options(options_class: type, values: dict[str, Any], where: str) -> Any:
-    """Values checked against a dataclass schema (a plugin's options); returns the dataclass instance."""
+    """Values checked against a dataclass schema (a plugin's options); returns the dataclass instance.
+
+    The schema types each value; the dataclass's own `__post_init__` may refuse a value with `ValueError`
+    (e.g. "seq_len=0 must be >= 1"), which becomes one line naming `where`.
+    """
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(options_class), values))
     except OmegaConfBaseException as error:
         raise _explain(error, f"{where}.") from None
+    except ValueError as error:
+        raise ConfigError(f"{where}: {error}") from None
 
 
 def validate_kwargs(target: Any, values: dict[str, Any], where: str) -> dict[str, Any]:
-    """Keyword arguments checked against `target`'s signature, typed where its annotations allow."""
+    """Keyword arguments checked against `target`'s signature, each typed where OmegaConf can express its
+    annotation (e.g. `trainer.max_steps=abc` fails here, not deep inside the Trainer)."""
     parameters = {n: p for n, p in inspect.signature(target).parameters.items()
                   if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     unknown = sorted(set(values) - set(parameters))
@@ -166,17 +187,20 @@ def validate_kwargs(target: Any, values: dict[str, Any], where: str) -> dict[str
         raise ConfigError(f"unknown config key '{where}.{unknown[0]}' (valid: {', '.join(parameters)})")
     try:
         hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
-        schema = dataclasses.make_dataclass(
-            "Arguments", [(n, hints.get(n, Any)) for n in values]
-        )
-        typed = OmegaConf.merge(OmegaConf.structured(schema), values)
-    except OmegaConfBaseException as error:
-        if isinstance(error, ValidationError):
-            raise _explain(error, f"{where}.") from None
-        return dict(values)  # annotations OmegaConf cannot express: names were checked, pass values as given
     except (TypeError, NameError):
-        return dict(values)
-    return typing.cast(dict, OmegaConf.to_container(typed, resolve=True))
+        hints = {}
+    typed = {}
+    for name, value in values.items():
+        try:  # one field at a time: one inexpressible annotation must not leave the others unchecked
+            schema = OmegaConf.structured(dataclasses.make_dataclass("Argument", [(name, hints.get(name, Any))]))
+        except (OmegaConfBaseException, TypeError, ValueError):
+            typed[name] = value  # an annotation OmegaConf cannot express: the name was checked, the value passes
+            continue
+        try:
+            typed[name] = OmegaConf.to_container(OmegaConf.merge(schema, {name: value}), resolve=True)[name]
+        except ValidationError as error:
+            raise _explain(error, f"{where}.") from None
+    return typed
 
 
 def to_dict(config: RunConfig) -> dict[str, Any]:

@@ -7,14 +7,16 @@ by `TaskSampler`; validation and test return one loader per task, in sorted task
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
 from collections.abc import Iterator, Sized
 from typing import Any, Callable
 
-import torch
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from perceiver_mt.errors import ConfigError
 from perceiver_mt.sampling import TaskSampler
 
 
@@ -76,6 +78,9 @@ class InMemoryDataModule(LightningDataModule):
 
     def __init__(self, batch_size: int, seed: int = 0, num_workers: int = 0):
         super().__init__()
+        if batch_size < 1 or num_workers < 0:
+            raise ValueError(f"batch_size={batch_size} must be >= 1" if batch_size < 1 else
+                             f"num_workers={num_workers} must be >= 0 (0 loads in the training process)")
         self.batch_size = batch_size
         self.seed = seed
         self.num_workers = num_workers
@@ -120,6 +125,7 @@ class _EndlessLoader:
         self.iterator = None
 
     def next(self) -> Any:
+        empty_passes = 0
         while True:
             if self.iterator is None:
                 sampler = getattr(self.loader, "sampler", None)
@@ -136,9 +142,17 @@ class _EndlessLoader:
                 self.iterator = None
                 self.epoch += 1
                 self.offset = 0
+                empty_passes += 1
+                if empty_passes > 1:  # a whole pass without a batch: re-iterating would spin forever
+                    raise EmptyLoaderError(f"a training loader ({type(self.loader).__name__}) yields no batch at all")
                 continue
+            empty_passes = 0
             self.offset += 1
             return batch
+
+
+class EmptyLoaderError(ConfigError):
+    """A task's training loader cannot fill a single batch."""
 
 
 class MultiTaskStream:
@@ -200,14 +214,21 @@ class MultiTaskDataModule(LightningDataModule):
             dm.prepare_data()
 
     def setup(self, stage: str) -> None:
-        for dm in self.datamodules.values():
+        for name, dm in self.datamodules.items():
             dm.trainer = self.trainer  # children shard by the trainer's rank and world size
-            dm.setup(stage)
+            with data_errors(name):
+                dm.setup(stage)
         if stage == "fit":
-            self.sampler = self.sampler_factory({name: num_train_samples(dm) for name, dm in self.datamodules.items()})
+            with data_errors("*"):
+                self.sampler = self.sampler_factory({name: num_train_samples(dm) for name, dm in self.datamodules.items()})
 
     def train_dataloader(self) -> MultiTaskStream:
-        loaders = {name: dm.train_dataloader() for name, dm in self.datamodules.items()}
+        loaders = {}
+        for name, dm in self.datamodules.items():
+            with data_errors(name):
+                loaders[name] = dm.train_dataloader()
+            if _length(loaders[name]) == 0:
+                raise EmptyLoaderError(self._too_small(name, dm, loaders[name]))
         steps = self.steps_per_epoch or sum(len(loader) for loader in loaders.values())
         trainer = self.trainer
         self.stream = MultiTaskStream(
@@ -231,10 +252,45 @@ class MultiTaskDataModule(LightningDataModule):
         self._restored = state_dict.get("loaders")
 
     def val_dataloader(self) -> list[Any]:
-        return [dm.val_dataloader() for dm in self.datamodules.values()]
+        return self._eval_loaders("val")
 
     def test_dataloader(self) -> list[Any]:
-        return [dm.test_dataloader() for dm in self.datamodules.values()]
+        return self._eval_loaders("test")
+
+    def _eval_loaders(self, split: str) -> list[Any]:
+        loaders = []
+        for name, dm in self.datamodules.items():
+            with data_errors(name):
+                loaders.append(getattr(dm, f"{split}_dataloader")())
+        return loaders
+
+    def _too_small(self, name: str, datamodule: LightningDataModule, loader: Any) -> str:
+        _, world = rank_and_world(self)
+        size = num_train_samples(datamodule)
+        batch = getattr(loader, "batch_size", None) or getattr(datamodule, "batch_size", "?")
+        share = f"{size // world} samples per rank ({size} over {world} ranks)" if world > 1 else f"{size} samples"
+        return (f"task {name!r}: its training set holds {share}, fewer than one batch of "
+                f"tasks.{name}.data.batch_size={batch} (incomplete batches are dropped): use a batch size <= "
+                f"{max(size // world, 1)}")
+
+
+@contextlib.contextmanager
+def data_errors(task: str) -> Iterator[None]:
+    """A task DataModule's `ValueError` (bad argument, missing data) as one line naming the task's data config."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as error:
+        where = f"tasks.{task}.data" if task != "*" else "data"
+        raise ConfigError(f"{where}: {' '.join(str(error).split())}") from None
+
+
+def _length(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:  # an iterable without a length: the endless loader's own guard catches an empty one
+        return None
 
 
 def num_train_samples(datamodule: LightningDataModule) -> int:
@@ -252,8 +308,25 @@ def num_train_samples(datamodule: LightningDataModule) -> int:
 
 
 class DataStatsMonitor(Callback):
-    """Logs each task DataModule's `data_stats()` (e.g. skipped bad records) as `data/<task>/<key>`, summed
-    over ranks, every `trainer.log_every_n_steps` steps. DataModules without `data_stats` are left out."""
+    """Each task DataModule's `data_stats(split)` (e.g. samples lost to bad data), summed over ranks.
+
+    Training: `data/<task>/<key>` every `trainer.log_every_n_steps` steps (running totals). Validation and
+    test: `<split>/<task>/<key>`, the change during that evaluation, beside its metrics (and so in
+    metrics.json). DataModules without `data_stats` are left out; one whose `data_stats` takes no split
+    reports training only.
+    """
+
+    def __init__(self) -> None:
+        self.before: dict[str, dict[str, float]] = {}
+
+    @staticmethod
+    def stats(datamodule: LightningDataModule, split: str) -> dict[str, float]:
+        stats = getattr(datamodule, "data_stats", None)
+        if stats is None:
+            return {}
+        if not inspect.signature(stats).parameters:
+            return dict(stats()) if split == "train" else {}
+        return dict(stats(split))
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -261,7 +334,33 @@ class DataStatsMonitor(Callback):
         if not datamodules or trainer.global_step % trainer.log_every_n_steps:
             return
         for task, datamodule in datamodules.items():
-            for key, value in getattr(datamodule, "data_stats", dict)().items():
+            for key, value in self.stats(datamodule, "train").items():
                 # Every rank reaches this step, so the summing collective cannot hang.
                 pl_module.log(f"data/{task}/{key}", float(value), on_step=True, on_epoch=False, sync_dist=True,
                               reduce_fx="sum", batch_size=1)
+
+    def _start(self, trainer: Trainer, split: str) -> None:
+        datamodules = getattr(trainer.datamodule, "datamodules", None) or {}
+        self.before = {task: self.stats(dm, split) for task, dm in datamodules.items()}
+
+    def _end(self, trainer: Trainer, pl_module: LightningModule, split: str) -> None:
+        if trainer.sanity_checking:
+            return
+        datamodules = getattr(trainer.datamodule, "datamodules", None) or {}
+        for task, datamodule in datamodules.items():
+            for key, value in self.stats(datamodule, split).items():
+                change = float(value) - self.before.get(task, {}).get(key, 0.0)
+                pl_module.log(f"{split}/{task}/{key}", change, on_step=False, on_epoch=True, sync_dist=True,
+                              reduce_fx="sum", batch_size=1)
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start(trainer, "val")
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._end(trainer, pl_module, "val")
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start(trainer, "test")
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._end(trainer, pl_module, "test")

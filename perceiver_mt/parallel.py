@@ -25,6 +25,7 @@ Data parallel "the same as one process" needs two things beyond averaging gradie
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 import tempfile
@@ -42,6 +43,8 @@ from lightning.pytorch.strategies.launchers.subprocess_script import _Subprocess
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from perceiver_mt.errors import ConfigError
+from perceiver_mt.outputs import replace_folder, staging_folder
 from perceiver_mt.speed.layers import ChunkedDecoder
 
 SHARDINGS = ("full", "grad_op", "hybrid")
@@ -73,8 +76,6 @@ class ParallelConfig:
 
 def check_config(config: ParallelConfig, strategy: Any, accelerator: Any) -> None:
     """One-line `ConfigError` for values that are unknown or do not apply to the chosen strategy."""
-    from perceiver_mt.config import ConfigError  # imported here: config.py imports this module's schema
-
     for key, value, allowed in (("sharding", config.sharding, SHARDINGS), ("param_dtype", config.param_dtype, DTYPES),
                                 ("reduce_dtype", config.reduce_dtype, DTYPES), ("checkpoint", config.checkpoint, CHECKPOINTS),
                                 ("compile", config.compile, COMPILES)):
@@ -83,6 +84,9 @@ def check_config(config: ParallelConfig, strategy: Any, accelerator: Any) -> Non
     for key in ("timeout_s", "init_timeout_s"):
         if getattr(config, key) <= 0:
             raise ConfigError(f"parallel.{key} must be > 0 seconds, got {getattr(config, key)}")
+    if config.checkpoint_every_n_steps < 0:
+        raise ConfigError(f"parallel.checkpoint_every_n_steps={config.checkpoint_every_n_steps} is not allowed: a "
+                          "number of steps >= 1, or 0 to save only at validation and at the end")
     if strategy != "fsdp":
         defaults = ParallelConfig()
         for key in ("sharding", "param_dtype", "reduce_dtype", "cpu_offload", "checkpoint"):
@@ -140,6 +144,23 @@ class FSDP2Strategy(ModelParallelStrategy):
     def model_to_device(self) -> None:
         if not self.config.cpu_offload:  # offloaded shards must stay in CPU memory; FSDP moves them per use
             super().model_to_device()
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+        """A sharded checkpoint is written to a staging folder beside the target and takes its place once
+        every rank has written its part: a kill mid-write leaves the previous checkpoint whole (outputs.py).
+        A full checkpoint goes through the atomic checkpoint writer like any other file."""
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        target = Path(self.broadcast(str(filepath)))
+        staged = staging_folder(target)
+        if self.global_rank == 0 and staged.exists():
+            shutil.rmtree(staged)  # left by a writer killed before it finished
+        self.barrier()
+        super().save_checkpoint(checkpoint, staged, storage_options)
+        self.barrier()
+        if self.global_rank == 0:
+            replace_folder(staged, target)
+        self.barrier()
 
 
 def fsdp_mesh(strategy: Strategy) -> Any:

@@ -11,29 +11,20 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
+from torchmetrics.aggregation import SumMetric
 
-from perceiver_mt.config import RunConfig, from_dict, to_dict, validate_options
+from perceiver_mt.config import RunConfig, from_dict, to_dict
 from perceiver_mt.model.multitask import MultiTaskPerceiver
 from perceiver_mt.optim import build_optimizer
 from perceiver_mt.parallel import (
     fsdp_mesh, idle_parameters, parallelize, release_idle_gradients, touch_idle_parameters, touches_every_parameter,
     weigh_across_ranks,
 )
-from perceiver_mt.registry import load_task
+from perceiver_mt.plugins import build_tasks
 from perceiver_mt.speed import apply_speedups
-from perceiver_mt.task import Batch, Task
+from perceiver_mt.task import Batch
 
 SPLITS = ("train", "val", "test")
-
-
-def build_tasks(config: RunConfig) -> dict[str, Task]:
-    """Task plugin instances by instance name, options validated against each plugin's schema."""
-    tasks = {}
-    for name, task_config in sorted(config.tasks.items()):
-        plugin = load_task(task_config.plugin)
-        options = validate_options(plugin.options_class, task_config.options, f"tasks.{name}.options")
-        tasks[name] = plugin(name, options, config.model)
-    return tasks
 
 
 class MultiTaskSystem(LightningModule):
@@ -53,6 +44,10 @@ class MultiTaskSystem(LightningModule):
                 name: task.build_metrics().clone(prefix=f"{split}/{name}/") for name, task in self.task_plugins.items()
             })
             for split in SPLITS
+        })
+        # Samples each evaluation's metrics were computed over (summed over ranks): bad data shows as a shortfall.
+        self.sample_counts = nn.ModuleDict({
+            f"{split}_counts": nn.ModuleDict({name: SumMetric() for name in self.task_plugins}) for split in ("val", "test")
         })
         self._idle: list[nn.Parameter] = []  # DDP only: parameters of the tasks not training this step
 
@@ -75,7 +70,7 @@ class MultiTaskSystem(LightningModule):
             loss = self._shared_step("train", task, task_batch)
             total = total + self.run_config.tasks[task].loss_weight * loss
         # Each rank's total is scaled by its share of the global batch, so their mean is the global loss.
-        self.log("train/loss", total.detach(), prog_bar=True, batch_size=1, sync_dist=True)
+        self.log("train/loss", total.detach(), batch_size=1, sync_dist=True)
         if touches_every_parameter(self.trainer.strategy):
             self._idle = idle_parameters(self.model, batch)
             if self._idle:
@@ -112,6 +107,12 @@ class MultiTaskSystem(LightningModule):
         # before dividing: the exact mean over all ranks' terms, not a mean of per-rank means.
         self.log(f"{split}/{task}/loss", logged, on_step=on_step, on_epoch=True, batch_size=int(count),
                  add_dataloader_idx=False, sync_dist=not on_step)
+        if on_step:  # the progress bar: one loss per task, each from the last step that trained it
+            self.log(f"loss/{task}", logged, prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=1)
         # Metric objects are logged, not values: Lightning then syncs them across ranks at compute().
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=batch_size, add_dataloader_idx=False)
+        if not on_step:
+            counter = self.sample_counts[f"{split}_counts"][task]
+            counter.update(batch_size)
+            self.log(f"{split}/{task}/samples", counter, on_step=False, on_epoch=True, add_dataloader_idx=False)
         return loss

@@ -23,7 +23,6 @@ from torchmetrics import MetricCollection
 
 from perceiver_mt.model.init import fan_in_init_
 from perceiver_mt.model.perceiver import DecoderConfig, EncoderConfig
-from perceiver_mt.shards.codec import decode_fields, encode_fields
 
 Batch = dict[str, Any]
 
@@ -94,6 +93,14 @@ class Task(abc.ABC):
         metrics.update(outputs.detach(), batch["target"])
 
     # --- data ----------------------------------------------------------------------------------------
+    # The DataModule registered as `default_data` (or named by `tasks.<name>.data.name`) is built by
+    # `perceiver_mt.plugins.build_task_datamodule` with `tasks.<name>.data.*` as keyword arguments, on top
+    # of `datamodule_defaults()`. Two more are injected when its constructor has a parameter of that name:
+    #     seed: the run's seed (unless the config sets one), for shuffling and augmentation
+    #     task: this Task instance, e.g. to decode stored records with the task's codec
+    # Its batches are dicts as described at the top of this file; `perceiver_mt.data.InMemoryDataModule`
+    # does the rank sharding for data that fits in memory. A constructor that raises ValueError for a bad
+    # argument is shown as one line naming `tasks.<name>.data`.
     def datamodule_defaults(self) -> dict[str, Any]:
         """DataModule arguments implied by the task's options (e.g. sequence length); config overrides them."""
         return {}
@@ -101,16 +108,11 @@ class Task(abc.ABC):
     # --- shards (WebDataset) -------------------------------------------------------------------------
     # Fields every stored sample must have -> the numpy dtype to store it as (None: as it is). A smaller
     # dtype shrinks shards; such fields read back as int64 / float32 / bool. Fields not named are stored
-    # as they are too, so a task that declares nothing still gets shards.
+    # as they are too, so a task that declares nothing still gets shards. The codec that reads this is
+    # `perceiver_mt.shards.codec`; a task whose samples are not tensors defines its own instead:
+    #     def encode_sample(self, sample: Batch) -> dict[str, bytes]      # {"<field>.<ext>": bytes}
+    #     def decode_sample(self, files: dict[str, Any]) -> Batch         # raise ValueError if untrustworthy
     shard_fields: ClassVar[dict[str, str | None]] = {"inputs": None, "target": None, "index": "int64"}
-
-    def encode_sample(self, sample: Batch) -> dict[str, bytes]:
-        """One dataset sample -> the files of its shard record, {"<field>.npy": bytes}."""
-        return encode_fields(sample, self.shard_fields)
-
-    def decode_sample(self, files: dict[str, Any]) -> Batch:
-        """A shard record's files -> the sample; raises `CorruptSample` for a record it cannot trust."""
-        return decode_fields(files, self.shard_fields)
 
     # --- checks and inference ----------------------------------------------------------------------
     def check_batch(self, batch: Batch) -> None:

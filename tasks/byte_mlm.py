@@ -29,6 +29,7 @@ from perceiver_mt.tracking.media import Table
 VOCAB = 258  # 256 byte values, MASK, PAD
 MASK_ID, PAD_ID = 256, 257
 NUM_BYTES = 256
+POSITIONS = ("fourier", "learned")
 
 
 @dataclass
@@ -42,8 +43,18 @@ class ByteMLMOptions:
     num_bands: int = 32  # Fourier bands (frequencies 1..seq_len/2) when position="fourier"
     mask_char: str = "\u2588"  # marks masked characters in text given to `make_batch`
 
-
-POSITIONS = ("fourier", "learned")
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "query_channels", "decoder_heads", "num_bands"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if not 0.0 < self.mask_prob <= 1.0:
+            raise ValueError(f"mask_prob={self.mask_prob} must be in (0, 1]")
+        if self.query_context < 0:
+            raise ValueError(f"query_context={self.query_context} must be >= 0")
+        if self.position not in POSITIONS:
+            raise ValueError(f"position={self.position!r} is unknown; choose one of {', '.join(POSITIONS)}")
+        if len(self.mask_char) != 1:
+            raise ValueError(f"mask_char={self.mask_char!r} must be one character")
 
 
 class ProjectedFourierPosition(nn.Module):
@@ -173,6 +184,9 @@ class ByteMLMTask(Task):
     def make_batch(self, raw: list[str] | str) -> Batch:
         """Texts with `mask_char` where a byte is hidden  ->  a batch (padded to seq_len)."""
         texts = [raw] if isinstance(raw, str) else raw
+        if not isinstance(texts, (list, tuple)) or not all(isinstance(text, str) for text in texts):
+            raise ValueError(f"task {self.name!r} takes a text or a list of texts (str, {self.options.mask_char!r} "
+                             f"marking a masked character), got {type(raw).__name__}")
         rows = []
         for text in texts:
             ids: list[int] = []
@@ -183,7 +197,7 @@ class ByteMLMTask(Task):
             if len(ids) > self.options.seq_len:
                 raise ValueError(f"task {self.name!r} takes at most {self.options.seq_len} bytes per text, got {len(ids)}")
             rows.append(ids + [PAD_ID] * (self.options.seq_len - len(ids)))
-        return {"inputs": torch.tensor(rows, dtype=torch.long)}
+        return {"inputs": torch.tensor(rows, dtype=torch.long).reshape(len(rows), self.options.seq_len)}
 
     def predict(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.argmax(dim=-1)  # (B, L) predicted bytes at every position

@@ -31,6 +31,13 @@ class DigitsOptions:
     decoder_heads: int = 1
     label_smoothing: float = 0.0
 
+    def __post_init__(self) -> None:
+        for name in ("num_bands", "query_channels", "decoder_heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+
 
 class PixelAdapter(nn.Module):
     """(B, 8, 8) intensities in [0, 1]  ->  (B, 64, C): one token per pixel, row-major.
@@ -95,9 +102,22 @@ class DigitsTask(Task):
             raise ValueError(f"task {self.name!r} takes images of shape (B, 8, 8), got {tuple(images.shape)}")
 
     def make_batch(self, raw: object) -> Batch:
-        """Raw 8x8 images with scikit-learn's 0..16 intensities  ->  a model batch."""
-        images = torch.as_tensor(raw, dtype=torch.float32)
-        return {"inputs": (images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE) if images.dim() < 3 else images) / 16.0}
+        """Raw 8x8 images with scikit-learn's 0..16 intensities: one image (8, 8) or (64,), or a batch
+        (B, 8, 8) or (B, 64)  ->  a model batch. Anything else is one ValueError line."""
+        expected = f"task {self.name!r} takes 8x8 images of intensities 0..16, shaped (B, 8, 8), (B, 64), (8, 8) or (64,)"
+        try:
+            images = torch.as_tensor(np.asarray(raw, dtype=np.float32))
+        except (TypeError, ValueError):
+            raise ValueError(f"{expected}; got a {type(raw).__name__} holding something other than numbers") from None
+        if images.dim() <= 2 and images.numel() == IMAGE_SIZE * IMAGE_SIZE:
+            images = images.reshape(1, IMAGE_SIZE, IMAGE_SIZE)  # one image
+        elif images.dim() == 2 and images.shape[1] == IMAGE_SIZE * IMAGE_SIZE:
+            images = images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+        if images.numel() and not torch.isfinite(images).all():
+            raise ValueError(f"{expected}; got NaN or infinite values")
+        if images.numel() and (images.min() < 0 or images.max() > 16):
+            raise ValueError(f"{expected}; got values from {images.min():g} to {images.max():g}")
+        return {"inputs": images / 16.0}
 
     def log_media(self, outputs: torch.Tensor, batch: Batch, max_images: int = 16) -> dict[str, Any]:
         """A grid of images captioned "pred p / true t", and the batch's confusion matrix."""

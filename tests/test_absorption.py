@@ -13,7 +13,7 @@ from perceiver_mt.model.attention import MultiHeadAttention
 from perceiver_mt.speed import SpeedConfig, apply_speedups, swap_modules
 from perceiver_mt.speed.absorption import PROJECTED, SCORE_ORDERS, VALUE_ORDERS, AttentionPlan, attention_plan
 from perceiver_mt.speed.attention import FastAttention
-from tests.test_model import reference_attention
+from helpers import reference_attention
 
 PLANS = [AttentionPlan(s, v) for s, v in itertools.product(SCORE_ORDERS, VALUE_ORDERS)]
 

@@ -4,14 +4,14 @@ memory watchdog; and the model's memory options (checkpointing, chunked decoding
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
+
 sys.path.insert(0, str(REPO))  # benchmarks/ is a folder of scripts, not an installed package
 
 from benchmarks.configs import CONFIGS  # noqa: E402
@@ -42,6 +42,7 @@ def test_config_a_has_the_same_size_in_every_implementation(implementation):
         assert theirs == ours
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", ["tinyA", "tinyC"])
 def test_flop_formula_matches_counted_matmuls(config):
     """The nominal count is what the projected order executes; the absorbed count what ours executes."""
@@ -56,6 +57,7 @@ def test_flop_formula_matches_counted_matmuls(config):
     assert counted["ours+projected"] == forward_flops(c)
     assert counted["ours"] == forward_flops(c, absorbed=True) < forward_flops(c)
 
+@pytest.mark.slow
 
 def test_memory_options_do_not_change_outputs_or_gradients():
     """Config C as the benchmark builds it, plain and with the memory options on: activation checkpointing

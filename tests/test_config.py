@@ -7,7 +7,7 @@ import pytest
 from perceiver_mt.config import ConfigError, load_config
 from train import main
 
-from conftest import DEBUG_CONFIG
+from helpers import DEBUG_CONFIG
 
 
 def run_main(capsys, *overrides: str) -> tuple[int, list[str]]:

@@ -13,64 +13,19 @@ import math
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 import distributed_helpers as runs
+from distributed_helpers import assert_same_metrics, assert_same_outputs, assert_same_parameters, assert_same_training
 from perceiver_mt.data import EvalShardBatchSampler
 from perceiver_mt.system import MultiTaskSystem
 
-LOSS_TOLERANCE = 1e-5  # relative; float32 sums in another order differ by ~1e-7 here
-
-# Each attention's key bias gets an exactly-zero gradient (softmax is shift-invariant), so AdamW turns
-# float rounding noise (~1e-9) into lr-sized steps that differ between any two runs and change nothing.
-NO_EFFECT = "attention.to_k.bias"
-
-
-def assert_same_training(run: runs.Run, reference: runs.Run) -> None:
-    losses, expected = run.losses(), reference.losses()
-    assert sorted(losses) == list(range(runs.STEPS)) == sorted(expected)
-    for step in expected:
-        assert losses[step] == pytest.approx(expected[step], rel=LOSS_TOLERANCE), f"step {step}"
-
-
-def assert_same_parameters(run: runs.Run, reference: runs.Run, atol: float = 1e-5) -> None:
-    params, expected = run.final_parameters(), reference.final_parameters()
-    assert params.keys() == expected.keys()
-    for name in expected:
-        if not name.endswith(NO_EFFECT):
-            torch.testing.assert_close(params[name], expected[name], rtol=0, atol=atol, msg=name)
-
-
-def assert_same_outputs(run: runs.Run, reference: runs.Run) -> None:
-    """Both final checkpoints load into one process and answer alike (key biases included)."""
-    models = [MultiTaskSystem.load_from_checkpoint(r.output_dir / "checkpoints" / "last.ckpt", map_location="cpu").eval()
-              for r in (run, reference)]
-    generator = torch.Generator().manual_seed(0)
-    batches = {
-        "digits": {"inputs": torch.rand(8, 8, 8, generator=generator)},
-        "pydoc_mlm": {"inputs": torch.randint(0, 256, (8, 32), generator=generator)},
-    }
-    with torch.no_grad():
-        for task, batch in batches.items():
-            torch.testing.assert_close(models[0](task, batch), models[1](task, batch), rtol=0, atol=1e-4, msg=task)
-
-
-def assert_same_metrics(run: runs.Run, reference: runs.Run) -> None:
-    # Whole validation sets; the pydoc ranks hold different numbers of masked bytes, so a mean of
-    # per-rank means would show in the loss's fifth digit.
-    metrics, expected = run.metrics(), reference.metrics()
-    assert metrics.keys() == expected.keys()
-    for task in expected:
-        assert metrics[task].keys() == expected[task].keys()
-        for name, value in expected[task].items():
-            assert metrics[task][name] == pytest.approx(value, rel=1e-5), f"{task} {name}"
-
-
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_ddp_per_step_losses_match_one_process():
     assert_same_training(runs.ddp(), runs.single_process())
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_ddp_final_model_matches_one_process():
     # Also proves idle tasks are skipped as in one process: a zero gradient left in place instead of None
@@ -79,6 +34,7 @@ def test_ddp_final_model_matches_one_process():
     assert_same_outputs(runs.ddp(), runs.single_process())
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_ranks_see_disjoint_samples_that_make_up_the_global_batch():
     ddp, single = runs.ddp(), runs.single_process()
@@ -97,11 +53,13 @@ def test_ranks_see_disjoint_samples_that_make_up_the_global_batch():
     assert not seen[0] & seen[1], "a sample was trained on by both ranks"
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_validation_metrics_are_reduced_over_all_samples_not_averaged_per_rank():
     assert_same_metrics(runs.ddp(), runs.single_process())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["digits", "pydoc_mlm"])
 def test_each_task_datamodule_shards_a_whole_epoch_by_rank(debug_config, task):
     """Over a full pass: training shares are disjoint and equal; evaluation covers every sample once in

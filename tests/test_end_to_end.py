@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch import Callback
 from sklearn.datasets import load_digits
 
+from helpers import DEBUG_CONFIG
 from perceiver_mt.config import RunConfig
 from perceiver_mt.inference import Predictor
 from perceiver_mt.run import build_datamodule, build_trainer, train
@@ -32,7 +33,6 @@ class LossRecorder(Callback):
 def fitted(tmp_path_factory):
     """One fit shared by the tests below: 200 steps of the debug config."""
     from perceiver_mt.config import load_config
-    from conftest import DEBUG_CONFIG
 
     output = tmp_path_factory.mktemp("fit")
     config = load_config(DEBUG_CONFIG, [f"output_dir={output}", "logger.kind=csv", "trainer.max_steps=200",
@@ -45,6 +45,7 @@ def fitted(tmp_path_factory):
     return config, system, recorder
 
 
+@pytest.mark.slow
 def test_every_task_loss_drops(fitted):
     _, _, recorder = fitted
     assert set(recorder.losses) == {"digits", "pydoc_mlm"}
@@ -54,6 +55,17 @@ def test_every_task_loss_drops(fitted):
         assert last < 0.9 * first, f"{task}: {first:.3f} -> {last:.3f}"
 
 
+@pytest.mark.slow
+def test_progress_bar_shows_one_loss_per_task(fitted):
+    """Not one `train/loss` that alternates between tasks with no label: each task's latest loss, by name."""
+    _, system, recorder = fitted
+    shown = system.trainer.progress_bar_metrics
+    assert {"loss/digits", "loss/pydoc_mlm"} <= set(shown) and "train/loss" not in shown
+    for task, losses in recorder.losses.items():
+        assert shown[f"loss/{task}"] == pytest.approx(losses[-1], rel=1e-5)
+
+
+@pytest.mark.slow
 def test_checkpoint_round_trip_gives_identical_outputs(fitted):
     config, system, _ = fitted
     checkpoint = f"{config.output_dir}/checkpoints/last.ckpt"
@@ -66,6 +78,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(fitted):
     assert restored.run_config == config
 
 
+@pytest.mark.slow
 def test_inference_by_task_name_on_raw_inputs(fitted):
     config, _, _ = fitted
     predictor = Predictor.from_checkpoint(f"{config.output_dir}/checkpoints/last.ckpt")
@@ -81,6 +94,7 @@ def test_inference_by_task_name_on_raw_inputs(fitted):
         predictor.predict("digits", torch.zeros(2, 3, 64))
 
 
+@pytest.mark.slow
 def test_train_writes_per_task_metrics_and_a_checkpoint(debug_config: RunConfig):
     metrics = train(debug_config)
     written = json.loads((debug_config.output_dir and open(f"{debug_config.output_dir}/metrics.json").read()))

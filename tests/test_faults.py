@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 import distributed_helpers as runs
+from helpers import processes_with
 
 HUNG_TIMEOUT_S = 5
 
@@ -16,12 +17,10 @@ def seconds_from_fault_to_exit(run: runs.Run, folder: str = "record") -> float:
 
 def live_processes_of(run: runs.Run) -> list[str]:
     """Processes still running the run's command line (a rank that outlived its job)."""
-    import subprocess
-
-    listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in listing.splitlines() if f"output_dir={run.output_dir}" in line]
+    return processes_with(f"output_dir={run.output_dir}")
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_killed_rank_fails_the_job_fast_with_a_clear_error():
     killed, _ = runs.fsdp_killed_then_resumed()
@@ -31,6 +30,7 @@ def test_killed_rank_fails_the_job_fast_with_a_clear_error():
     assert "error: rank 0/2: a collective failed: another rank died or did not answer" in killed.output
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_hung_rank_fails_the_job_after_the_configured_timeout():
     def launch(output_dir):

@@ -4,29 +4,32 @@ and a run killed mid-training that resumes from its sharded checkpoint as if nev
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 
 import distributed_helpers as runs
+from helpers import REPO, free_port
 from perceiver_mt.config import ConfigError
 from perceiver_mt.parallel import ParallelConfig, build_strategy, consolidate_checkpoint, parallelize
 from perceiver_mt.system import MultiTaskSystem
-from test_ddp import assert_same_metrics, assert_same_outputs, assert_same_parameters, assert_same_training
+from distributed_helpers import assert_same_metrics, assert_same_outputs, assert_same_parameters, assert_same_training
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_fsdp_per_step_losses_match_one_process():
     assert_same_training(runs.fsdp(), runs.single_process())
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_fsdp_validation_metrics_match_one_process():
     assert_same_metrics(runs.fsdp(), runs.single_process())
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_fsdp_full_checkpoint_is_one_file_that_loads_in_one_process():
     fsdp = runs.fsdp()
@@ -35,6 +38,7 @@ def test_fsdp_full_checkpoint_is_one_file_that_loads_in_one_process():
     assert_same_outputs(fsdp, runs.single_process())
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_sharded_checkpoint_is_one_shard_per_rank():
     killed, _ = runs.fsdp_killed_then_resumed()
@@ -47,6 +51,7 @@ def test_sharded_checkpoint_is_one_shard_per_rank():
     assert set(meta["MultiTaskDataModule"]["loaders"]) == {"digits", "pydoc_mlm"}
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_resume_from_sharded_checkpoint_continues_like_an_uninterrupted_run():
     killed, resumed = runs.fsdp_killed_then_resumed()
@@ -68,6 +73,7 @@ def test_resume_from_sharded_checkpoint_continues_like_an_uninterrupted_run():
     assert first["indices"] == original["indices"], "the resumed run did not continue where the data stood"
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_sharded_checkpoint_consolidates_into_one_file_for_one_process(tmp_path):
     killed, resumed = runs.fsdp_killed_then_resumed()
@@ -80,6 +86,7 @@ def test_sharded_checkpoint_consolidates_into_one_file_for_one_process(tmp_path)
     assert_same_parameters(consolidated, runs.fsdp(), atol=1e-6)
     assert_same_outputs(consolidated, runs.fsdp())
 
+@pytest.mark.slow
 
 def test_parallelize_wraps_each_unit_once(debug_config):
     """One real 1-rank gloo group: every layer is one FSDP unit, shared layers included, applied twice
@@ -88,10 +95,7 @@ def test_parallelize_wraps_each_unit_once(debug_config):
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
     from torch.distributed.fsdp import FSDPModule
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     dist.init_process_group("gloo", rank=0, world_size=1)
     try:
         debug_config.model.num_blocks = 3  # the latent block runs 3 times with one set of weights
@@ -139,7 +143,7 @@ def test_fsdp_only_options_are_refused_elsewhere():
 def test_presets_name_only_what_they_change(tmp_path):
     from perceiver_mt.config import load_config
 
-    default, ddp, fsdp = (load_config(runs.REPO / "configs" / f"{name}.yaml") for name in ("default", "ddp", "fsdp"))
+    default, ddp, fsdp = (load_config(REPO / "configs" / f"{name}.yaml") for name in ("default", "ddp", "fsdp"))
     assert (ddp.trainer["strategy"], ddp.trainer["devices"], fsdp.trainer["strategy"]) == ("ddp", 2, "fsdp")
     for task in default.tasks:  # two ranks of half the batch: the same global batch as default.yaml
         assert 2 * ddp.tasks[task].data["batch_size"] == default.tasks[task].data["batch_size"]

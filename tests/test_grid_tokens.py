@@ -129,6 +129,7 @@ def test_grid_queries_attend_to_latents_as_the_expanded_tokens(make, num_heads, 
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("checkpointing", "chunk"), [(False, None), (True, 7), (True, 10)])  # 10 = 2 whole rows
 def test_training_expands_grid_tokens_once_and_gets_the_same_gradients(checkpointing, chunk):
     torch.manual_seed(0)

@@ -5,17 +5,12 @@ test_grid_tokens.py."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-import torch.nn.functional as F
 
+from helpers import SMALL, reference_attention
 from perceiver_mt.model import DecoderConfig, EncoderConfig, PerceiverDecoder, PerceiverEncoder
 from perceiver_mt.model.attention import MultiHeadAttention
-
-SMALL = dict(input_channels=12, num_latents=6, latent_channels=16, num_self_attention_heads=2,
-             num_self_attends_per_block=2)
 
 
 def count_parameters(module: torch.nn.Module) -> int:
@@ -67,21 +62,6 @@ def test_iterative_cross_attention_shares_weights_after_the_first():
     assert count_parameters(two) == count_parameters(four) > count_parameters(single)
     with pytest.raises(ValueError, match="num_cross_attends"):
         PerceiverEncoder(EncoderConfig(**SMALL, num_blocks=1, num_cross_attends=2))
-
-
-def reference_attention(attention: MultiHeadAttention, x_q, x_kv, pad_mask=None):
-    """Plain softmax(QK^T / sqrt(d)) V, head by head, from the module's own projections."""
-    H = attention.num_heads
-    q, k, v = attention.to_q(x_q), attention.to_k(x_kv), attention.to_v(x_kv)
-    outputs = []
-    for h in range(H):
-        sl_qk = slice(h * q.shape[-1] // H, (h + 1) * q.shape[-1] // H)
-        sl_v = slice(h * v.shape[-1] // H, (h + 1) * v.shape[-1] // H)
-        scores = q[..., sl_qk] @ k[..., sl_qk].transpose(1, 2) / math.sqrt(q.shape[-1] // H)
-        if pad_mask is not None:
-            scores = scores.masked_fill(pad_mask[:, None, :], float("-inf"))
-        outputs.append(F.softmax(scores, dim=-1) @ v[..., sl_v])
-    return attention.to_out(torch.cat(outputs, dim=-1))
 
 
 @pytest.mark.parametrize("num_heads", [1, 4])

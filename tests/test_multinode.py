@@ -15,14 +15,15 @@ import sys
 import pytest
 import torch
 
-import distributed_helpers as runs
+from helpers import DEBUG_CONFIG, REPO, free_port
 
 STEPS = 4
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_torchrun_nodes_train_together(tmp_path):
-    port = runs.free_port()
+    port = free_port()
     output = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     agents, logs = [], []
@@ -33,12 +34,12 @@ def test_two_torchrun_nodes_train_together(tmp_path):
             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "multinode-test",
             # Both agents run on one host: say which one serves the rendezvous store.
             "--rdzv-conf", f"is_host={1 if node == 0 else 0}",
-            "train.py", "--config", str(runs.DEBUG_CONFIG), f"output_dir={output}", "logger.kind=none", "test=false",
+            "train.py", "--config", str(DEBUG_CONFIG), f"output_dir={output}", "logger.kind=none", "test=false",
             f"trainer.max_steps={STEPS}", f"trainer.val_check_interval={STEPS}", "trainer.devices=1",
             "trainer.num_nodes=2", "trainer.strategy=fsdp", "parallel.sharding=hybrid", "parallel.checkpoint=full",
             "parallel.param_dtype=bfloat16", "parallel.activation_checkpointing=true",
         ]
-        agents.append(subprocess.Popen(command, cwd=runs.REPO, env=env, stdout=logs[-1], stderr=subprocess.STDOUT,
+        agents.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=logs[-1], stderr=subprocess.STDOUT,
                                        start_new_session=True))
     try:
         codes = [agent.wait(timeout=240) for agent in agents]

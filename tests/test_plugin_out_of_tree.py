@@ -15,7 +15,10 @@ import sys
 import tomllib
 from pathlib import Path
 
-from conftest import REPO, make_distribution
+import pytest
+
+from helpers import REPO, make_distribution
+from perceiver_mt.registry import TASK_GROUP, registered
 
 EXAMPLE = REPO / "examples" / "iris_plugin"
 
@@ -27,6 +30,7 @@ def install_example(site: Path) -> Path:
     return site
 
 
+@pytest.mark.slow
 def test_third_party_task_trains_alongside_digits(tmp_path):
     site = install_example(tmp_path / "site")
     config = tmp_path / "two_tasks.yaml"
@@ -58,6 +62,7 @@ trainer:
     assert "iris_plugin" not in "".join(p.read_text() for p in (REPO / "perceiver_mt").rglob("*.py"))
 
 
+@pytest.mark.slow
 def test_unknown_task_plugin_lists_the_installed_ones(tmp_path):
     site = install_example(tmp_path / "site")
     env = {**os.environ, "PYTHONPATH": str(site)}
@@ -67,6 +72,34 @@ def test_unknown_task_plugin_lists_the_installed_ones(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
+    # Whatever else is installed in this environment is listed too; the example joins it.
+    installed = sorted({*registered(TASK_GROUP), "iris"})
+    assert {"byte_mlm", "digits"} <= set(installed)
     assert result.stderr.strip().splitlines() == [
-        "error: unknown perceiver_mt.tasks plugin 'irsi'; registered: byte_mlm, digits, iris"
+        f"error: unknown perceiver_mt.tasks plugin 'irsi'; registered: {', '.join(installed)}"
     ]
+
+
+def test_example_splits_by_species_and_standardises_with_training_statistics_only(tmp_path, monkeypatch):
+    """An example is copied: its data handling must be right, not only its plugin wiring."""
+    import numpy as np
+    from sklearn.datasets import load_iris
+
+    monkeypatch.syspath_prepend(str(install_example(tmp_path / "site")))
+    from iris_plugin.iris_task import IrisDataModule
+
+    datamodule = IrisDataModule()
+    datamodule.setup()
+    iris = load_iris()
+    splits = {name: dataset.ids.numpy() for name, dataset in datamodule.datasets.items()}
+    assert [len(splits[name]) for name in ("train", "val", "test")] == [100, 25, 25]
+    assert len(set(np.concatenate(list(splits.values())))) == 150
+    for name, ids in splits.items():  # each species in its overall share (a third), give or take one sample
+        counts = np.bincount(iris.target[ids], minlength=3)
+        assert counts.max() - counts.min() <= 1, (name, counts)
+    train = datamodule.datasets["train"].features.numpy()
+    np.testing.assert_allclose(train.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(train.std(0), 1, atol=1e-5)
+    test = datamodule.datasets["test"].features.numpy()
+    raw = iris.data[splits["train"]]
+    np.testing.assert_allclose(test, (iris.data[splits["test"]] - raw.mean(0)) / raw.std(0), atol=1e-5)

@@ -10,7 +10,7 @@ from perceiver_mt import registry
 from perceiver_mt.registry import DATAMODULE_GROUP, TASK_GROUP, RegistryError
 from perceiver_mt.task import Task
 
-from conftest import make_distribution
+from helpers import make_distribution
 
 
 def test_built_in_tasks_and_datamodules_are_registered():

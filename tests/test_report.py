@@ -22,12 +22,14 @@ def check_pngs(written: list[Path], out: Path) -> None:
         assert pixels.std() > 0.01  # something is drawn, not a blank canvas
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["offline_wandb", "csv"])
 def test_report_writes_nonempty_pngs(which: str, tmp_path: Path) -> None:
     run_dir = offline_run() if which == "offline_wandb" else fallback_run()[0]
     out = tmp_path / "report"
     check_pngs(report.report(run_dir, out), out)
 
+@pytest.mark.slow
 
 def test_report_plots_the_logged_values() -> None:
     run_dir = offline_run()
@@ -39,6 +41,7 @@ def test_report_plots_the_logged_values() -> None:
     assert series["train/digits/loss"] == [(float(s), float(v)) for s, v in logged]
     assert [s for s, _ in series["conflict/digits__pydoc_mlm"]] == [4.0, 8.0]
 
+@pytest.mark.slow
 
 def test_report_finds_a_wandb_run_directory_given_directly(tmp_path: Path) -> None:
     [run_dir] = offline_run().glob("wandb/offline-run-*")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import collections
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from helpers import free_port
 from perceiver_mt.sampling import SamplingConfig, TaskSampler
 
 SIZES = {"a": 100, "b": 400, "c": 1600}
@@ -77,12 +77,7 @@ def _choose_on_rank(rank: int, world: int, port: int, queue) -> None:
     dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_every_rank_chooses_the_same_task_without_communicating():
     context = mp.get_context("spawn")

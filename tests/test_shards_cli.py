@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEBUG_CONFIG, REPO
+from helpers import DEBUG_CONFIG, REPO
 from perceiver_mt.config import load_config
 from perceiver_mt.run import train
 from perceiver_mt.shards.cli import main
@@ -35,6 +35,7 @@ def written(tmp_path_factory) -> dict[str, Path]:
     return {"digits": digits, "pydoc_mlm": mlm}
 
 
+@pytest.mark.slow
 def test_write_lays_out_shards_and_counts(written):
     meta = json.loads((written["digits"] / "meta.json").read_text())
     assert meta["plugin"] == "digits" and meta["splits"]["val"]["shards"] == {
@@ -44,6 +45,7 @@ def test_write_lays_out_shards_and_counts(written):
     assert "train" not in meta["splits"]
 
 
+@pytest.mark.slow
 def test_inspect_prints_count_and_fields(written, capsys):
     assert main(["inspect", str(written["digits"] / "val-{000001..000002}.tar")]) == 0
     out = capsys.readouterr().out
@@ -64,9 +66,10 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     broken = tmp_path / "broken.tar"
     broken.write_bytes(b"\0garbage" * 200)
     assert main(["inspect", str(broken)]) == 1
-    assert f"{broken}: unreadable" in capsys.readouterr().out
+    assert f"{broken}: corrupt: unreadable" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_every_builtin_task_trains_from_shards_by_config_alone(written, tmp_path):
     overrides = [f"output_dir={tmp_path / 'run'}", "logger.kind=none", "trainer.max_steps=4",
                  "trainer.val_check_interval=4"]

@@ -26,7 +26,7 @@ from perceiver_mt.speed.attention import FastAttention
 from perceiver_mt.speed.kernels import cuda_attention_kernel
 from perceiver_mt.speed.layers import ChunkedDecoder
 from perceiver_mt.system import MultiTaskSystem
-from tests.test_model import SMALL, reference_attention
+from helpers import SMALL, reference_attention
 
 # --- a small network that exercises every speedup ----------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger
 
 import wandb_reader
 from perceiver_mt.config import ConfigError, load_config, to_dict
@@ -19,8 +22,8 @@ from perceiver_mt.run import build_datamodule
 from perceiver_mt.system import MultiTaskSystem
 from perceiver_mt.tracking import loggers, runfile
 from perceiver_mt.tracking.gradients import cosine_matrix, task_gradients
-from tracking_runs import (DEBUG_CONFIG, REPO, RUN_OPTIONS, SHORT, TASKS, WANDB_ENV, environment, fallback_run,
-                           offline_run, train_job)
+from helpers import DEBUG_CONFIG, REPO, environment, free_port
+from tracking_runs import RUN_OPTIONS, SHORT, TASKS, WANDB_ENV, fallback_run, offline_run, train_job
 
 
 def run_files(output: Path) -> list[Path]:
@@ -31,6 +34,7 @@ def logged_keys(rows: list[dict]) -> set[str]:
     return set().union(*rows)
 
 
+@pytest.mark.slow
 def test_offline_run_file_holds_per_task_metrics_resolved_config_and_media() -> None:
     output = offline_run()
     [path] = run_files(output)  # exactly one run for the job (fit and validate share it)
@@ -72,11 +76,13 @@ def test_offline_run_file_holds_per_task_metrics_resolved_config_and_media() -> 
     assert json.loads((output / "tracking.json").read_text())["run_id"] == run.run_id
 
 
+@pytest.mark.slow
 def test_report_reader_matches_independent_reader() -> None:
     [path] = run_files(offline_run())
     assert runfile.history(path) == wandb_reader.history(path)
 
 
+@pytest.mark.slow
 def test_checkpoint_carries_run_id_and_resume_continues_the_same_run(tmp_path: Path) -> None:
     output = tmp_path / "resumed"
     shutil.copytree(offline_run(), output)
@@ -97,6 +103,7 @@ def test_checkpoint_carries_run_id_and_resume_continues_the_same_run(tmp_path: P
     assert sampled[-1] == 6  # counted across the restart: 4 before it, 2 after
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_process_ddp_job_makes_exactly_one_wandb_run(tmp_path: Path) -> None:
     output = tmp_path / "ddp"
@@ -118,6 +125,7 @@ def test_two_process_ddp_job_makes_exactly_one_wandb_run(tmp_path: Path) -> None
     assert max(row["train/digits/samples_per_sec"] for row in rows if "train/digits/samples_per_sec" in row) > 0
 
 
+@pytest.mark.slow
 def test_wandb_that_cannot_start_falls_back_to_csv_with_one_clear_line() -> None:
     output, stderr = fallback_run()
     lines = [line for line in stderr.splitlines() if "W&B could not start" in line]
@@ -134,6 +142,7 @@ def test_wandb_that_cannot_start_falls_back_to_csv_with_one_clear_line() -> None
     assert list(output.glob("media/step_*/media_pydoc_mlm_predictions.csv"))
     assert (output / "metrics.json").is_file()  # the job finished
 
+@pytest.mark.slow
 
 def test_conflict_probe_leaves_gradients_untouched_and_matches_plain_backward() -> None:
     torch.manual_seed(0)
@@ -189,3 +198,37 @@ def test_only_the_rank_zero_process_counts_as_rank_zero() -> None:
     for values, expected in cases:
         with environment({**dict.fromkeys(names), **values}):
             assert (loggers.launch_rank() == 0) == (expected == 0), values
+
+
+@pytest.mark.slow
+def test_online_wandb_without_a_reachable_server_gives_up_within_its_bound(tmp_path: Path) -> None:
+    """A well-formed but fake key and no server: W&B's own retries took ~120 s. Both a refused connection and
+    a server that accepts but never answers fall back to CSV within logger.init_timeout_s, saying so."""
+    import socket
+    import threading
+    import time
+
+    silent = socket.socket()  # accepts connections (the kernel does), answers nothing
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    closed = free_port()  # nothing listens there
+    held: list = []
+    threading.Thread(target=lambda: held.extend(silent.accept() for _ in range(8)), daemon=True).start()
+    try:
+        for url, reason in ((f"http://127.0.0.1:{silent.getsockname()[1]}", "timed out"),
+                            (f"http://127.0.0.1:{closed}", "Connection refused")):
+            config = load_config(DEBUG_CONFIG, [f"output_dir={tmp_path / str(len(held))}", "logger.mode=online"])
+            stderr = io.StringIO()
+            started = time.monotonic()
+            with environment({"WANDB_API_KEY": "k" * 40, "WANDB_BASE_URL": url, "WANDB_MODE": None}), \
+                    contextlib.redirect_stderr(stderr):
+                logger = loggers.build_logger(config)
+            seconds = time.monotonic() - started
+            lines = [line for line in stderr.getvalue().splitlines() if "W&B" in line]
+            print(f"online W&B, {reason}: CSV after {seconds:.1f}s")
+            assert isinstance(logger, CSVLogger) and seconds < config.logger.init_timeout_s, (url, seconds)
+            assert len(lines) == 1 and lines[0].startswith(f"W&B could not start ({url} does not answer: ")
+            assert reason in lines[0] and "online start-up bounded by logger.init_timeout_s=15s); logging to CSV in" \
+                in lines[0]
+    finally:
+        silent.close()

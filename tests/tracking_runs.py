@@ -6,17 +6,14 @@ import atexit
 import contextlib
 import functools
 import io
-import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
+from helpers import DEBUG_CONFIG, environment
 from perceiver_mt.config import load_config
 from perceiver_mt.run import train
 
-REPO = Path(__file__).resolve().parent.parent
-DEBUG_CONFIG = REPO / "configs" / "debug.yaml"
 TASKS = ("digits", "pydoc_mlm")
 
 # Offline W&B, quiet, nothing read from git or the console.
@@ -27,25 +24,6 @@ SHORT = ["trainer.max_steps=8", "trainer.val_check_interval=4", "trainer.limit_v
          "trainer.log_every_n_steps=2", "logger.conflict_every_n_steps=4", "test=false"]
 RUN_OPTIONS = ["logger.project=tracking-test", "logger.group=group-7", "logger.tags=[alpha,beta]",
                "logger.notes=short offline run", "logger.name=offline-run"]
-
-
-def _set_environment(values: dict[str, str | None]) -> None:
-    for key, value in values.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
-@contextlib.contextmanager
-def environment(values: dict[str, str | None]) -> Iterator[None]:
-    """Sets (or, for None, removes) environment variables for the block, then restores them."""
-    saved = {key: os.environ.get(key) for key in values}
-    try:
-        _set_environment(values)
-        yield
-    finally:
-        _set_environment(saved)
 
 
 def scratch_dir() -> Path:

@@ -47,12 +47,15 @@ def inspect(args: argparse.Namespace) -> int:
         try:
             info = inspect_shard(url)
         except Exception as error:  # a corrupt shard: say which, keep going with the others
-            print(f"{url}: unreadable: {type(error).__name__}: {error}")
+            print(f"{url}: corrupt: unreadable: {type(error).__name__}: {error}")
             failed += 1
             continue
         print(f"{url}: {info['samples']} samples")
         for suffix, count in sorted(info["fields"].items()):
             print(f"  {suffix:<24} {count:>8} records   first: {info['first'].get(suffix, '-')}")
+        for problem in info["problems"][:5]:
+            print(f"  corrupt: {problem}")
+        failed += bool(info["problems"])
     return 1 if failed else 0
 
 

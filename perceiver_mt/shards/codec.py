@@ -1,5 +1,8 @@
 """Sample <-> WebDataset record: every tensor of a sample dict stored as one `.npy` file named by its field.
 
+`encoder_for(task)` / `decoder_for(task)` give a task's codec: its own `encode_sample` / `decode_sample`
+if it defines them, else this one, driven by the task's `shard_fields`.
+
 A record is the files of one sample inside a tar shard, `<key>.<field>.npy`; webdataset groups them
 back by `<key>`. Nested dicts (several input modalities) become dotted fields, `inputs.image.npy`.
 `.npy` keeps dtype and shape and `np.load` checks the byte count against the header, so a truncated
@@ -10,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -46,7 +49,7 @@ def encode_fields(sample: Mapping[str, Any], dtypes: Mapping[str, str | None]) -
             array = np.asarray(value)
         else:
             raise ValueError(f"sample field {name!r} is a {type(value).__name__}; the default shard codec stores "
-                             "tensors, arrays and numbers only (override Task.encode_sample for other types)")
+                             "tensors, arrays and numbers only (define encode_sample on the task for other types)")
         stored = dtypes.get(name)
         if stored is not None:
             cast = array.astype(stored)
@@ -129,3 +132,16 @@ def _lookup(sample: Mapping[str, Any], field: str) -> Any:
             return None
         value = value[part]
     return value
+
+
+def encoder_for(task: Any) -> Callable[[Mapping[str, Any]], dict[str, bytes]]:
+    """One sample -> the files of its record, by the task's own `encode_sample` or its `shard_fields`."""
+    own = getattr(task, "encode_sample", None)
+    return own if own is not None else functools.partial(encode_fields, dtypes=task.shard_fields)
+
+
+def decoder_for(task: Any) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """A record's files -> the sample (raising for a record it cannot trust). A function of the task only,
+    so DataLoader workers can take it without the rest of the run."""
+    own = getattr(task, "decode_sample", None)
+    return own if own is not None else functools.partial(decode_fields, dtypes=task.shard_fields)

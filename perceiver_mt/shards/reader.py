@@ -11,9 +11,11 @@ as many shards as readers, shards are split between them (webdataset's split_by_
 split_by_worker); with fewer, every reader reads every shard and keeps every n-th record, so no rank
 is left without data. Ranks may get different batch counts: evaluation runs no per-step collectives.
 
-Bad data: a shard that fails to open or read (truncated tar), a record that fails to decode, or a
-record whose fields, dtypes or shapes differ from the stream's first record is skipped with a
-warning and counted in `SkipCounter`; with `strict` it raises `ShardReadError` naming the shard.
+Bad data: a shard that fails to open or read (truncated tar), that holds fewer records than its
+meta.json lists (a tar cut at a record boundary reads as a shorter, valid tar), a record that fails to
+decode, or a record whose fields, dtypes or shapes differ from the stream's first record is skipped
+with a warning, and the samples lost are counted in `SkipCounter`; with `strict` it raises
+`ShardReadError` naming the shard.
 """
 
 from __future__ import annotations
@@ -101,15 +103,17 @@ class SkipCounter:
 
     @property
     def count(self) -> int:
+        """Samples lost to bad data so far."""
         return int(self._count.value)
 
-    def skip(self, shard: str, reason: str) -> None:
+    def skip(self, shard: str, reason: str, samples: int = 1) -> None:
+        """`samples` samples of `shard` are lost (0: bad data that loses none, e.g. records beyond the listed count)."""
         if self.strict:
             raise ShardReadError(f"task {self.name!r}: bad data in shard {shard}: {reason} "
                                  "(strict=true; set strict=false to skip and count it)")
         with self._count.get_lock():
-            self._count.value += 1
-        log.warning("task %r: skipped bad data in shard %s: %s", self.name, shard, reason)
+            self._count.value += samples
+        log.warning("task %r: skipped bad data in shard %s: %s (%d samples lost)", self.name, shard, reason, samples)
 
 
 def shard_records(url: str) -> Iterator[dict[str, Any]]:
@@ -133,16 +137,21 @@ def _signature(sample: dict[str, Any], prefix: str = "") -> tuple:
 
 
 def decoded_samples(urls: Iterable[str], decode: Decode, skips: SkipCounter, reader: int = 0,
-                    readers: int = 1, reference: list | None = None) -> Iterator[dict[str, Any]]:
+                    readers: int = 1, reference: list | None = None,
+                    counts: dict[str, int] | None = None) -> Iterator[dict[str, Any]]:
     """Decoded samples of `urls` in order; with readers > 1 only records at positions = reader mod readers.
 
     `reference` holds the first good sample's signature; later samples must match it to be batched.
+    `counts` (from meta.json) are the records each shard must hold: a shard that ends early lost the rest.
     """
     reference = [] if reference is None else reference
-    for shard_index, url in enumerate(urls):
-        owner = shard_index % readers == reader  # with sample-level splitting every reader sees a bad shard: one counts it
+    counts = counts or {}
+    for url in urls:
+        read = 0  # records of this shard seen so far
+        listed = counts.get(url)
         try:
             for position, record in enumerate(shard_records(url)):
+                read = position + 1
                 if position % readers != reader:
                     continue
                 try:
@@ -160,8 +169,19 @@ def decoded_samples(urls: Iterable[str], decode: Decode, skips: SkipCounter, rea
         except ShardReadError:
             raise
         except Exception as error:  # cannot open, or the tar stream breaks off (truncated / garbled)
-            if owner or skips.strict:
-                skips.skip(url, f"unreadable ({type(error).__name__}: {error}); rest of the shard dropped")
+            # Without a listed count the loss is unknown: the broken record at least.
+            lost = _owned(read, listed, reader, readers) if listed is not None else 1
+            skips.skip(url, f"unreadable after {read} records ({type(error).__name__}: {error}); rest of the "
+                            "shard dropped", max(lost, 1))
+            continue
+        if listed is not None and read < listed:  # a tar cut at a record boundary ends quietly: the count tells
+            skips.skip(url, f"ends after {read} of the {listed} records its meta.json lists",
+                       _owned(read, listed, reader, readers))
+
+
+def _owned(start: int, end: int, reader: int, readers: int) -> int:
+    """Positions in [start, end) that belong to `reader` of `readers` (position mod readers == reader)."""
+    return len(range(start + (reader - start) % readers, end, readers))
 
 
 def _worker() -> tuple[int, int]:
@@ -198,8 +218,10 @@ class TrainShardStream(IterableDataset):
     """Exactly `batches_per_epoch` training batches per rank per pass, drawn from endlessly reshuffled shards."""
 
     def __init__(self, urls: Sequence[str], decode: Decode, skips: SkipCounter, batch_size: int,
-                 batches_per_epoch: int, rank: int, seed: int, shuffle_buffer: int = 1000):
+                 batches_per_epoch: int, rank: int, seed: int, shuffle_buffer: int = 1000,
+                 counts: dict[str, int] | None = None):
         self.urls = list(urls)
+        self.counts = counts  # records per shard from meta.json, when the writer left one
         self.decode = decode
         self.skips = skips
         self.batch_size = batch_size
@@ -222,7 +244,7 @@ class TrainShardStream(IterableDataset):
         while True:
             order = list(self.urls)
             rng.shuffle(order)
-            samples = decoded_samples(order, self.decode, self.skips, reference=reference)
+            samples = decoded_samples(order, self.decode, self.skips, reference=reference, counts=self.counts)
             if self.shuffle_buffer > 1:
                 samples = _shuffled(samples, self.shuffle_buffer, rng)
             produced = 0
@@ -289,8 +311,7 @@ class EvalShardStream(IterableDataset):
                 for position_in_shard, record in enumerate(shard_records(url)):
                     position = shard_first + position_in_shard
                     if position_in_shard >= count:
-                        self._skip(url, position - 1, mine, f"more records than the {count} its meta.json lists; "
-                                                            "extra ignored")
+                        self.skips.skip(url, f"more records than the {count} its meta.json lists; extra ignored", 0)
                         break
                     if position >= mine[-1][1]:
                         break  # past this reader's last batch
@@ -307,11 +328,12 @@ class EvalShardStream(IterableDataset):
                         pending.append(sample)
                 else:
                     if lost < offset:  # a tar cut at a file boundary ends quietly: the counts tell
-                        self._skip(url, lost, mine, f"ends after {lost - shard_first} of {count} records")
+                        self._skip(url, lost, offset, mine, f"ends after {lost - shard_first} of {count} records")
             except ShardReadError:
                 raise
-            except Exception as error:  # cannot open, or the tar stream breaks off: the owner of the lost position counts it
-                self._skip(url, lost, mine, f"unreadable ({type(error).__name__}: {error}); rest of the shard dropped")
+            except Exception as error:  # cannot open, or the tar stream breaks off: each reader counts its own losses
+                self._skip(url, lost, offset, mine,
+                           f"unreadable ({type(error).__name__}: {error}); rest of the shard dropped")
         if pending:
             yield default_collate(pending)
         # A batch left empty by bad data is missing here; `skips` has counted why.
@@ -330,20 +352,23 @@ class EvalShardStream(IterableDataset):
             return None
         return sample
 
-    def _skip(self, url: str, position: int, mine: list[tuple[int, int]], reason: str) -> None:
-        if self.skips.strict or any(a <= position < b for a, b in mine):
-            self.skips.skip(url, reason)
+    def _skip(self, url: str, start: int, end: int, mine: list[tuple[int, int]], reason: str) -> None:
+        """Positions [start, end) of the split are lost; this reader counts those of its own batches."""
+        lost = sum(max(0, min(end, b) - max(start, a)) for a, b in mine)
+        if self.skips.strict or lost:
+            self.skips.skip(url, reason, lost)
 
 
 def count_records(url: str) -> int:
-    """Readable records in one shard, by reading it (for shards without the writer's meta.json).
+    """Records in one shard, by reading it (for shards without the writer's meta.json).
 
-    A shard that breaks off counts what came before; reading it again reports (or, strict, raises) the break.
+    A shard that breaks off counts what came before plus the broken record: reading it again reports (or,
+    strict, raises) the break, and counts that record as the one sample known to be lost.
     """
     count = 0
     try:
         for _ in shard_records(url):
             count += 1
     except Exception:
-        pass
+        count += 1
     return count

@@ -18,20 +18,14 @@ import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
-from perceiver_mt.config import RunConfig, validate_options
-from perceiver_mt.registry import load_task
-from perceiver_mt.run import build_task_datamodule
-from perceiver_mt.shards.reader import META_FILE, shard_records
+from perceiver_mt.config import RunConfig
+from perceiver_mt.plugins import build_task, build_task_datamodule
+from perceiver_mt.shards.codec import encoder_for, load_npy
+from perceiver_mt.shards.reader import META_FILE, shard_records, stored_counts
 from perceiver_mt.task import Task
 
 SPLITS = ("train", "val", "test")
 STAGE = {"train": "fit", "val": "validate", "test": "test"}
-
-
-def build_task(config: RunConfig, name: str) -> Task:
-    task_config = config.tasks[name]
-    plugin = load_task(task_config.plugin)
-    return plugin(name, validate_options(plugin.options_class, task_config.options, f"tasks.{name}.options"), config.model)
 
 
 def split_samples(datamodule: Any, split: str, seed: int) -> tuple[Iterable[dict[str, Any]], int | None]:
@@ -54,6 +48,7 @@ def write_split(task: Task, samples: Iterable[dict[str, Any]], out: Path, split:
                              encoder=False, mtime=0,  # bytes already; fixed mtime: same data, same shard bytes
                              post=lambda path: counts.__setitem__(Path(path).name, writer.count))
     keys = set()
+    encode = encoder_for(task)
     with writer:
         for sample in tqdm(samples, total=total, desc=f"{task.name} {split}", unit="sample"):
             key = f"{int(sample['index']):09d}"  # the sample id, unique within a split
@@ -61,7 +56,7 @@ def write_split(task: Task, samples: Iterable[dict[str, Any]], out: Path, split:
                 raise ValueError(f"task {task.name!r} split {split!r}: sample index {key} occurs twice; "
                                  "'index' must be unique within a split")
             keys.add(key)
-            writer.write({"__key__": key, **task.encode_sample(sample)})
+            writer.write({"__key__": key, **encode(sample)})
     for name in [name for name, n in counts.items() if not n]:  # ShardWriter opens a shard before any sample
         (out / name).unlink()
         del counts[name]
@@ -95,8 +90,11 @@ def write_task(config: RunConfig, name: str, out: str | Path, shard_size: int, s
 
 
 def inspect_shard(url: str) -> dict[str, Any]:
-    """{"samples": n, "fields": {file suffix: count}, "first": {suffix: "dtype shape"}} of one shard."""
-    samples, fields, first = 0, {}, {}
+    """{"samples": n, "fields": {file suffix: count}, "first": {suffix: "dtype shape"}, "problems": [...]} of
+    one shard. Problems: a field that does not decode (its byte count must match its .npy header), and a
+    record count other than the one meta.json lists for the shard (a tar cut at a record boundary is a
+    valid, shorter tar). A shard that cannot be read to its end raises."""
+    samples, fields, first, problems = 0, {}, {}, []
     for record in shard_records(url):
         samples += 1
         for suffix, data in record.items():
@@ -105,7 +103,28 @@ def inspect_shard(url: str) -> dict[str, Any]:
             fields[suffix] = fields.get(suffix, 0) + 1
             if samples == 1:
                 first[suffix] = _describe(suffix, data)
-    return {"samples": samples, "fields": fields, "first": first}
+            if suffix.endswith(".npy"):
+                try:
+                    load_npy(data)
+                except Exception as error:  # noqa: BLE001 - any failure makes the record unusable
+                    problems.append(f"record {record.get('__key__')!r} field {suffix}: {error}")
+    listed = stored_counts([url])
+    if listed is not None and listed[url] != samples:
+        problems.append(f"{samples} records, but meta.json lists {listed[url]}")
+    if ends_without_end_marker(url):
+        problems.append("no end-of-archive marker: the file was cut off")
+    return {"samples": samples, "fields": fields, "first": first, "problems": problems}
+
+
+def ends_without_end_marker(url: str) -> bool:
+    """A local tar that does not end in the two zero blocks every complete tar ends with (a tar cut at a
+    record boundary reads as a valid, shorter one). URLs other than paths and file: are not checked."""
+    path = Path(url.removeprefix("file:")) if "://" not in url and not url.startswith("pipe:") else None
+    if path is None or not path.is_file() or path.stat().st_size < 1024:
+        return False
+    with open(path, "rb") as tar:
+        tar.seek(-1024, io.SEEK_END)
+        return tar.read(1024) != bytes(1024)
 
 
 def _describe(suffix: str, data: bytes) -> str:

@@ -13,6 +13,10 @@ import os
 import secrets
 import string
 import sys
+import threading
+import time
+import urllib.error
+import urllib.request
 from argparse import Namespace
 from pathlib import Path
 from typing import Any
@@ -136,11 +140,18 @@ def build_logger(config: RunConfig, ckpt_path: str | None = None) -> Logger | bo
 
     options = config.logger
     save_dir = os.environ.get("WANDB_DIR") or config.output_dir
+    started = time.monotonic()
+    unreachable = None
+    if mode == "online" and launch_rank() == 0:  # W&B's own retries add up to minutes without network
+        unreachable = server_problem(os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url,
+                                     options.init_timeout_s / 3)
+    remaining = max(1.0, options.init_timeout_s - (time.monotonic() - started))
     logger = RunWandbLogger(
         project=options.project, entity=options.entity, group=options.group, tags=list(options.tags) or None,
         notes=options.notes, name=options.name, id=stored_run_id(ckpt_path) or new_run_id(),
         save_dir=save_dir, mode=mode, resume="allow", config=to_dict(config),
         log_model=options.log_model and mode == "online",  # offline runs cannot upload artifacts
+        settings=wandb.Settings(init_timeout=remaining),
     )
     if launch_rank() != 0:
         return logger  # never starts a run here: Lightning hands other ranks a dummy experiment
@@ -149,15 +160,42 @@ def build_logger(config: RunConfig, ckpt_path: str | None = None) -> Logger | bo
               "this run is offline, so they stay on disk", file=sys.stderr)
     try:
         check_writable(save_dir)
+        if unreachable:
+            raise ConnectionError(unreachable)
         _ = logger.experiment  # start now: a failure here becomes the CSV fallback, not a crash mid-fit
     except Exception as error:  # noqa: BLE001 - whatever stops W&B must not stop training
         if wandb.run is not None:
             wandb.finish(exit_code=1, quiet=True)
         fallback = csv_logger(config)
-        reason = " ".join(str(error).split()) or type(error).__name__
-        print(f"W&B could not start ({reason}); logging to CSV in {fallback.log_dir} instead", file=sys.stderr)
+        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        bound = f", online start-up bounded by logger.init_timeout_s={options.init_timeout_s:g}s" if mode == "online" else ""
+        print(f"W&B could not start ({reason}{bound}); logging to CSV in {fallback.log_dir} instead", file=sys.stderr)
         return record(config, fallback)
     return record(config, logger)
+
+
+def server_problem(base_url: str, timeout_s: float) -> str | None:
+    """Why the W&B server at `base_url` cannot be used, or None if it answers HTTP within `timeout_s`.
+
+    Any HTTP answer counts (even an error status): only a server that cannot be reached or does not answer
+    is ruled out. The name lookup, which no socket timeout bounds, runs in a thread that is given up on.
+    """
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(base_url, timeout=timeout_s).close()
+            outcome.append(None)
+        except urllib.error.HTTPError:
+            outcome.append(None)
+        except Exception as error:  # noqa: BLE001 - any other failure means no server to talk to
+            reason = getattr(error, "reason", error)
+            outcome.append(f"{base_url} does not answer: {reason}")
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout_s + 0.5)
+    return outcome[0] if outcome else f"{base_url} does not answer within {timeout_s:g}s"
 
 
 def record(config: RunConfig, logger: Logger) -> Logger:

@@ -7,21 +7,20 @@ Runs are cached by name for the whole pytest session: several tests check differ
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from perceiver_mt.system import MultiTaskSystem
+
+import helpers
+from helpers import DEBUG_CONFIG, run_command
+
 RECORD_RUN = Path(__file__).with_name("record_run.py")
-DEBUG_CONFIG = REPO / "configs" / "debug.yaml"
 STEPS = 12
 
 # Small but real: both tasks, warmup then cosine, gradient clipping, checkpoints every 3 steps, the whole
@@ -37,17 +36,8 @@ def per_rank_batch(scale: int) -> list[str]:
     return [f"tasks.digits.data.batch_size={16 * scale}", f"tasks.pydoc_mlm.data.batch_size={8 * scale}"]
 
 
-@dataclass
-class Run:
-    output_dir: Path
-    returncode: int
-    output: str
-    seconds: float
-    ended_at: float  # time.time() when the last process of the run was gone
-
-    def check(self) -> "Run":
-        assert self.returncode == 0, f"run in {self.output_dir} failed ({self.returncode}):\n{self.output[-4000:]}"
-        return self
+class Run(helpers.Run):
+    """A run of record_run.py: what each rank did, step by step."""
 
     def records(self, rank: int = 0, folder: str = "record") -> list[dict[str, Any]]:
         path = self.output_dir / folder / f"rank{rank}.jsonl"
@@ -65,38 +55,61 @@ class Run:
         return checkpoint["state_dict"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_command(command: list[str], output_dir: Path, env: dict[str, str] | None = None, timeout: float = 240,
-                log_name: str = "run") -> Run:
-    """Runs `command` from the repository root; its stdout and stderr together come back as text."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    environment = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-    environment.pop("MASTER_PORT", None)  # Lightning picks a free port for each run
-    log = output_dir / f"{log_name}.log"
-    start = time.monotonic()
-    with open(log, "w") as out:
-        # A new session, so a timeout can end every process of the run (Lightning's ranks are children).
-        process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        try:
-            returncode = process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
-            process.wait()
-            returncode = -9
-    return Run(output_dir, returncode, log.read_text(), time.monotonic() - start, time.time())
-
-
 def record_run(output_dir: Path, overrides: list[str], env: dict[str, str] | None = None, timeout: float = 240,
                log_name: str = "run") -> Run:
     command = [sys.executable, str(RECORD_RUN), "--config", str(DEBUG_CONFIG), f"output_dir={output_dir}",
                *COMMON, *overrides]
-    return run_command(command, output_dir, env, timeout, log_name)
+    return Run(**vars(run_command(command, output_dir, env, timeout, log_name)))
+
+
+# --- comparing a run with the one-process reference ---------------------------------------------------------
+
+LOSS_TOLERANCE = 1e-5  # relative; float32 sums in another order differ by ~1e-7 here
+
+# Each attention's key bias gets an exactly-zero gradient (softmax is shift-invariant), so AdamW turns
+# float rounding noise (~1e-9) into lr-sized steps that differ between any two runs and change nothing.
+NO_EFFECT = "attention.to_k.bias"
+
+
+def assert_same_training(run: Run, reference: Run) -> None:
+    losses, expected = run.losses(), reference.losses()
+    assert sorted(losses) == list(range(STEPS)) == sorted(expected)
+    for step in expected:
+        assert losses[step] == pytest.approx(expected[step], rel=LOSS_TOLERANCE), f"step {step}"
+
+
+def assert_same_parameters(run: Run, reference: Run, atol: float = 1e-5) -> None:
+    params, expected = run.final_parameters(), reference.final_parameters()
+    assert params.keys() == expected.keys()
+    for name in expected:
+        if not name.endswith(NO_EFFECT):
+            torch.testing.assert_close(params[name], expected[name], rtol=0, atol=atol, msg=name)
+
+
+def assert_same_outputs(run: Run, reference: Run) -> None:
+    """Both final checkpoints load into one process and answer alike (key biases included)."""
+    models = [MultiTaskSystem.load_from_checkpoint(r.output_dir / "checkpoints" / "last.ckpt", map_location="cpu").eval()
+              for r in (run, reference)]
+    generator = torch.Generator().manual_seed(0)
+    batches = {
+        "digits": {"inputs": torch.rand(8, 8, 8, generator=generator)},
+        "pydoc_mlm": {"inputs": torch.randint(0, 256, (8, 32), generator=generator)},
+    }
+    with torch.no_grad():
+        for task, batch in batches.items():
+            torch.testing.assert_close(models[0](task, batch), models[1](task, batch), rtol=0, atol=1e-4, msg=task)
+
+
+def assert_same_metrics(run: Run, reference: Run) -> None:
+    # Whole validation sets; the pydoc ranks hold different numbers of masked bytes, so a mean of
+    # per-rank means would show in the loss's fifth digit.
+    metrics, expected = run.metrics(), reference.metrics()
+    assert metrics.keys() == expected.keys()
+    for task in expected:
+        assert metrics[task].keys() == expected[task].keys()
+        for name, value in expected[task].items():
+            assert metrics[task][name] == pytest.approx(value, rel=1e-5), f"{task} {name}"
+
 
 
 _ROOT: Path | None = None

@@ -81,7 +81,7 @@ class IrisTask(Task):
             raise ValueError(f"task {self.name!r} takes (B, 4) measurements, got {tuple(batch['inputs'].shape)}")
 
 
-# --- data: scikit-learn's bundled iris measurements, standardised, seeded 100/25/25 split ----------
+# --- data: scikit-learn's bundled iris measurements, a stratified 100/25/25 split, standardised --------
 class IrisDataset(Dataset):
     def __init__(self, features: np.ndarray, labels: np.ndarray, ids: np.ndarray):
         self.features = torch.as_tensor(features, dtype=torch.float32)
@@ -95,15 +95,28 @@ class IrisDataset(Dataset):
         return {"inputs": self.features[i], "target": self.labels[i], "index": self.ids[i]}
 
 
+def split_ids(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """100/25/25 sample ids with every species in each split in its overall share (stratified)."""
+    from sklearn.model_selection import train_test_split
+
+    ids = np.arange(len(labels))
+    train, rest = train_test_split(ids, train_size=100, stratify=labels, random_state=seed)
+    val, test = train_test_split(rest, train_size=25, stratify=labels[rest], random_state=seed)
+    return {"train": train, "val": val, "test": test}
+
+
 class IrisDataModule(InMemoryDataModule):
-    def __init__(self, batch_size: int = 16, seed: int = 0):
+    # `seed` is the run's seed, passed in because the constructor takes it (as `task` would be).
+    def __init__(self, batch_size: int = 16, seed: int = 0, split_seed: int = 0):
         super().__init__(batch_size, seed)
+        self.split_seed = split_seed  # fixed apart from the run seed: every run is tested on the same samples
 
     def build_splits(self) -> dict[str, Dataset]:
         from sklearn.datasets import load_iris
 
         iris = load_iris()
-        features = (iris.data - iris.data.mean(0)) / iris.data.std(0)
-        order = np.random.default_rng(0).permutation(len(iris.target))
-        splits = {"train": order[:100], "val": order[100:125], "test": order[125:]}
-        return {split: IrisDataset(features[ids], iris.target[ids], ids) for split, ids in splits.items()}
+        splits = split_ids(iris.target, self.split_seed)
+        # Standardised with the training split's statistics only: the test samples must not shape the inputs.
+        train = iris.data[splits["train"]]
+        mean, std = train.mean(0), train.std(0)
+        return {split: IrisDataset((iris.data[ids] - mean) / std, iris.target[ids], ids) for split, ids in splits.items()}
