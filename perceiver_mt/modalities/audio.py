@@ -133,12 +133,14 @@ class LogMelPatches(nn.Module):
 
 
 def fit_length(samples: np.ndarray, num_samples: int, offset: int | None = None) -> np.ndarray:
-    """A clip cut or zero-padded to exactly `num_samples`: centred, or starting at `offset` when longer."""
-    if len(samples) >= num_samples:
-        start = (len(samples) - num_samples) // 2 if offset is None else min(offset, len(samples) - num_samples)
-        return samples[start:start + num_samples]
-    left = (num_samples - len(samples)) // 2 if offset is None else min(offset, num_samples - len(samples))
-    return np.pad(samples, (left, num_samples - len(samples) - left))
+    """(..., T) cut or zero-padded to (..., num_samples): centred, or from `offset` (a longer clip's start,
+    a shorter clip's leading zeros)."""
+    length = samples.shape[-1]
+    if length >= num_samples:
+        start = (length - num_samples) // 2 if offset is None else min(offset, length - num_samples)
+        return samples[..., start:start + num_samples]
+    left = (num_samples - length) // 2 if offset is None else min(offset, num_samples - length)
+    return np.pad(samples, [(0, 0)] * (samples.ndim - 1) + [(left, num_samples - length - left)])
 
 
 def check_audio(task: str, waveform: object, num_samples: int, sample_rate: int) -> None:
