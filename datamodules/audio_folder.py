@@ -10,7 +10,6 @@ stands in for other voices and instruments.
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
 
@@ -54,9 +53,9 @@ class ClipDataset(Dataset):
         offset = None
         if self.train:
             rng = np.random.default_rng((self.seed, self.epoch, i))
-            speed = Fraction(rng.uniform(*self.speed_range)).limit_denominator(50)
-            if speed != 1:  # resampling by 1/speed, played at the old rate: faster and higher by `speed`
-                clip = resample(clip, speed.numerator, speed.denominator)
+            speed = rng.uniform(*self.speed_range)
+            if speed != 1:  # resampled to 1/speed as many samples, played at the old rate: faster and higher
+                clip = resample(clip, round(speed * 1000), 1000)
             spare = abs(clip.shape[-1] - self.num_samples)
             offset = int(rng.integers(spare + 1))
         samples = fit_length(clip, self.num_samples, offset)

@@ -9,6 +9,7 @@ Install: `apt-get install gcin-voice`.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,11 @@ def find_clips(root: str | Path = GCIN_VOICES) -> list[tuple[Path, int, str]]:
     return clips
 
 
+@functools.lru_cache(maxsize=2)  # decoded once per process however many DataModules read them
+def decode_clips(paths: tuple[Path, ...], sample_rate: int) -> list[np.ndarray]:
+    return [load_audio(path, sample_rate)[0] for path in paths]
+
+
 class GcinTonesDataModule(InMemoryDataModule):
     def __init__(self, sample_rate: int = 16000, num_samples: int = 8000, train_speaker: str = "3",
                  batch_size: int = 32, val_fraction: float = 0.15, speed_range: list[float] | None = None,
@@ -60,7 +66,7 @@ class GcinTonesDataModule(InMemoryDataModule):
 
     def build_splits(self) -> dict[str, Dataset]:
         found = find_clips()
-        clips = [load_audio(path, self.sample_rate)[0] for path, _, _ in found]
+        clips = decode_clips(tuple(path for path, _, _ in found), self.sample_rate)
         labels = np.asarray([tone for _, tone, _ in found])
         speakers = np.asarray([speaker for _, _, speaker in found])
         own = np.flatnonzero(speakers == self.train_speaker)

@@ -5,14 +5,13 @@
     mel = LogMelPatches(num_samples=16000, sample_rate=16000, patch=(4, 8))
     mel(waveforms)                                       # (B, 16000) -> log-mel (B, 100, 64) -> (B, 25*8, 32 + P)
 
-Files are decoded by libsndfile (`soundfile`: WAV, FLAC, OGG/Vorbis, MP3, ...) and mel filters come from
-librosa; the spectrogram itself is `torch.stft`, so it runs batched on the model's device.
+Files are decoded by libsndfile (`soundfile`: WAV, FLAC, OGG/Vorbis, MP3, ...), resampled by libsoxr, and
+mel filters come from librosa; the spectrogram itself is `torch.stft`, so it runs batched on the model's device.
 """
 
 from __future__ import annotations
 
 import functools
-from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
 
@@ -26,7 +25,7 @@ from perceiver_mt.modalities.grid import GridPatches
 
 def load_audio(path: str | Path, sample_rate: int | None = None, mono: bool = True) -> tuple[np.ndarray, int]:
     """Decode an audio file -> (samples float32 in [-1, 1], sample rate): (T,) if `mono` (channels averaged),
-    else (channels, T); resampled to `sample_rate` (polyphase filter) unless it is None."""
+    else (channels, T); resampled to `sample_rate` unless it is None."""
     import soundfile
 
     data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)  # (T, channels)
@@ -37,11 +36,12 @@ def load_audio(path: str | Path, sample_rate: int | None = None, mono: bool = Tr
 
 
 def resample(samples: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
-    """(..., T) at `rate` -> (..., T * new_rate / rate) at `new_rate` (scipy's polyphase resampler)."""
-    from scipy.signal import resample_poly
+    """(T,) or (channels, T) at `rate` -> the same at `new_rate` (libsoxr's high-quality resampler)."""
+    import soxr
 
-    ratio = Fraction(new_rate, rate)
-    return resample_poly(samples, ratio.numerator, ratio.denominator, axis=-1).astype(np.float32)
+    if samples.ndim == 1:
+        return soxr.resample(samples, rate, new_rate).astype(np.float32)
+    return np.ascontiguousarray(soxr.resample(samples.T, rate, new_rate).T, dtype=np.float32)  # soxr: (T, channels)
 
 
 @functools.lru_cache(maxsize=16)
