@@ -68,5 +68,6 @@ def test_unknown_task_plugin_lists_the_installed_ones(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: unknown perceiver_mt.tasks plugin 'irsi'; registered: byte_mlm, digits, iris"
+        "error: unknown perceiver_mt.tasks plugin 'irsi'; registered: audio_classification, byte_classification, "
+        "byte_mlm, digits, fortunes_language, iris, mandarin_tones, mnist, mnist_points"
     ]
