@@ -4,8 +4,8 @@
 
 Clips are decoded once (mixed down to mono, resampled to `sample_rate`) and cut or zero-padded to
 `num_samples`: centred for evaluation, at a random offset in training. A seeded split per class.
-Training can also play clips at a random speed in `speed_range` (pitch and tempo together), which
-stands in for other voices and instruments.
+Training can also play clips at a random speed in `speed_range` (pitch and tempo together, drawn
+log-uniformly), which stands in for other voices and instruments.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class ClipDataset(Dataset):
         offset = None
         if self.train:
             rng = np.random.default_rng((self.seed, self.epoch, i))
-            speed = rng.uniform(*self.speed_range)
+            speed = float(np.exp(rng.uniform(*np.log(self.speed_range))))  # log-uniform: as often up as down
             if speed != 1:  # resampled to 1/speed as many samples, played at the old rate: faster and higher
                 clip = resample(clip, round(speed * 1000), 1000)
             spare = abs(clip.shape[-1] - self.num_samples)
