@@ -173,3 +173,24 @@ def test_bad_inputs_get_one_line_naming_the_task():
         check_audio("tones", torch.zeros(4, 4000), 8000, 16000)
     with pytest.raises(TaskInputError, match=r"task 'clips' takes video of shape \(B, 2, 8, 8, 3\)"):
         check_video("clips", torch.zeros(1, 3, 8, 8, 3), (2, 8, 8))
+
+
+def test_shift_pitch_moves_a_tone_and_keeps_its_timing():
+    from perceiver_mt.modalities.audio import power_spectrogram, shift_pitch
+
+    sr, n_fft = 16000, 512
+    t = np.arange(4000) / sr
+    tone = torch.from_numpy(np.sin(2 * np.pi * 500 * t).astype(np.float32))[None].repeat(2, 1)
+    power = power_spectrogram(tone, n_fft, 160)
+    shifted = shift_pitch(power, torch.tensor([1.0, 2.0]))
+    torch.testing.assert_close(shifted[0], power[0])
+    peak = lambda p: int(p[:, 10].argmax()) * sr / n_fft  # noqa: E731  (Hz of the strongest bin, one frame)
+    assert abs(peak(power[1]) - 500) <= sr / n_fft and abs(peak(shifted[1]) - 1000) <= sr / n_fft
+    lower = shift_pitch(power, torch.tensor([0.5, 0.5]))
+    assert abs(peak(lower[1]) - 250) <= sr / n_fft
+    assert float(lower[:, 129:].max()) == 0.0  # an octave down: the top half would come from above the top bin
+    mel = LogMelPatches(4000, sr, n_fft=n_fft, n_mels=32, patch=(4, 8), pitch_shift=2.0)
+    mel.eval()
+    torch.testing.assert_close(mel(tone), mel(tone))  # evaluation: never shifted
+    mel.train()
+    assert not torch.equal(mel(tone), mel(tone))

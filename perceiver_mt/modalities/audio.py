@@ -12,6 +12,7 @@ mel filters come from librosa; the spectrogram itself is `torch.stft`, so it run
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -57,18 +58,43 @@ def num_frames(num_samples: int, hop_length: int) -> int:
     return 1 + num_samples // hop_length
 
 
-def log_mel_spectrogram(waveform: torch.Tensor, sample_rate: int, n_fft: int = 400, hop_length: int = 160,
-                        n_mels: int = 64, f_min: float = 0.0, f_max: float | None = None,
-                        eps: float = 1e-6) -> torch.Tensor:
-    """(B, T) waveforms -> (B, frames, n_mels) log(mel power + eps), frames = 1 + T // hop_length.
-
-    Hann window of n_fft samples, frames centred on multiples of hop_length (zero padding at the ends,
-    as librosa's default), power spectrum |STFT|^2 times the mel filters.
-    """
+def power_spectrogram(waveform: torch.Tensor, n_fft: int = 400, hop_length: int = 160) -> torch.Tensor:
+    """(B, T) -> (B, n_fft // 2 + 1, frames) |STFT|^2: Hann window of n_fft samples, frames centred on
+    multiples of hop_length (zero padding at the ends, as librosa's default)."""
     window = torch.hann_window(n_fft, device=waveform.device, dtype=waveform.dtype)
     spectrum = torch.stft(waveform, n_fft, hop_length, window=window, center=True, pad_mode="constant",
-                          return_complex=True)  # (B, n_fft // 2 + 1, frames)
-    power = spectrum.real.square() + spectrum.imag.square()
+                          return_complex=True)
+    return spectrum.real.square() + spectrum.imag.square()
+
+
+def shift_pitch(power: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """(B, F, frames) power spectra with every frequency multiplied by factors[b]: P'(f) = P(f / factor).
+
+    Linear interpolation between frequency bins; what would come from above the highest bin is silence.
+    Pitch and formants move together, duration stays: a higher or lower voice saying the same thing.
+    """
+    B, F, T = power.shape
+    source = torch.arange(F, device=power.device, dtype=power.dtype) / factors[:, None].to(power.dtype)  # (B, F)
+    low = source.floor().clamp(max=F - 1)
+    weight = (source - low)[..., None]  # (B, F, 1)
+    low = low.long()
+    high = (low + 1).clamp(max=F - 1)
+    warped = (torch.gather(power, 1, low[..., None].expand(B, F, T)) * (1 - weight)
+              + torch.gather(power, 1, high[..., None].expand(B, F, T)) * weight)
+    return warped.masked_fill((source > F - 1)[..., None], 0.0)
+
+
+def log_mel_spectrogram(waveform: torch.Tensor, sample_rate: int, n_fft: int = 400, hop_length: int = 160,
+                        n_mels: int = 64, f_min: float = 0.0, f_max: float | None = None,
+                        eps: float = 1e-6, pitch_factors: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T) waveforms -> (B, frames, n_mels) log(mel power + eps), frames = 1 + T // hop_length.
+
+    The power spectrogram (`power_spectrogram`) times the mel filters; `pitch_factors` (B,) first shifts
+    each clip's frequencies (`shift_pitch`).
+    """
+    power = power_spectrogram(waveform, n_fft, hop_length)  # (B, n_fft // 2 + 1, frames)
+    if pitch_factors is not None:
+        power = shift_pitch(power, pitch_factors)
     filters = mel_filters(sample_rate, n_fft, n_mels, f_min, f_max).to(waveform.device, waveform.dtype)
     return torch.log(torch.einsum("mf,bft->btm", filters, power) + eps)  # (B, frames, n_mels)
 
@@ -92,12 +118,17 @@ class LogMelPatches(nn.Module):
     grid. Frames past the last whole patch in time are dropped. `normalize` standardises each clip's
     log-mel to zero mean and unit variance, so loudness (microphone gain, distance) does not shift every
     input; it is per clip, so a batch never mixes its samples.
+
+    `pitch_shift` > 1: in training mode each clip's frequencies are multiplied by a factor drawn
+    log-uniformly from [1 / pitch_shift, pitch_shift] (torch's generator), so a model that heard one
+    voice also hears it higher and lower at the same tempo. Evaluation is never shifted.
     """
 
     def __init__(self, num_samples: int, sample_rate: int, n_fft: int = 400, hop_length: int = 160, n_mels: int = 64,
                  patch: Sequence[int] = (4, 8), position: str = "fourier", num_bands: int = 8,
-                 f_min: float = 0.0, f_max: float | None = None, normalize: bool = True):
+                 f_min: float = 0.0, f_max: float | None = None, normalize: bool = True, pitch_shift: float = 1.0):
         super().__init__()
+        self.pitch_shift = pitch_shift
         self.spectrogram_options = dict(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels,
                                         f_min=f_min, f_max=f_max)
         self.num_samples = num_samples
@@ -122,7 +153,11 @@ class LogMelPatches(nn.Module):
 
     def log_mel(self, waveform: torch.Tensor) -> torch.Tensor:
         """(B, T) -> (B, frames, n_mels), cropped to whole patches (and standardised per clip if `normalize`)."""
-        mel = log_mel_spectrogram(waveform, **self.spectrogram_options)[:, :self.frames]
+        factors = None
+        if self.training and self.pitch_shift > 1:
+            span = math.log(self.pitch_shift)
+            factors = torch.exp(torch.empty(waveform.shape[0], device=waveform.device).uniform_(-span, span))
+        mel = log_mel_spectrogram(waveform, **self.spectrogram_options, pitch_factors=factors)[:, :self.frames]
         if self.normalize:
             mean = mel.mean(dim=(1, 2), keepdim=True)
             mel = (mel - mean) / mel.std(dim=(1, 2), keepdim=True).clamp(min=1e-5)
