@@ -145,3 +145,14 @@ def test_fortunes_in_six_languages_each_package_its_own_files():
     assert any("\u0400" <= ch <= "\u04ff" for ch in russian)  # Cyrillic, decoded as UTF-8
     dataset = QuoteDataset(quotes[:3], labels[:3], np.arange(3), seq_len=16, train=False)
     assert dataset[0]["inputs"].tolist()[:len(quotes[0][:16])] == list(quotes[0][:16])
+
+
+def test_mnist_can_test_on_opencv_digits_instead(mnist):
+    from datamodules.mnist import MnistDataModule, load_opencv_digits
+
+    require(load_opencv_digits)
+    datamodule = MnistDataModule(test_source="opencv")
+    datamodule.setup("test")
+    assert len(datamodule.datasets["test"]) == 5000 and len(datamodule.datasets["train"]) == 7500
+    with pytest.raises(ValueError, match="test_source='usps' is unknown; choose one of mnist, opencv"):
+        MnistDataModule(test_source="usps")
