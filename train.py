@@ -11,9 +11,12 @@ import argparse
 import sys
 
 from perceiver_mt.config import DEFAULT_CONFIG, ConfigError, load_config
+from perceiver_mt.init_from import InitFromError
+from perceiver_mt.packaged_data import MissingData
 from perceiver_mt.registry import RegistryError
 from perceiver_mt.run import Stopped, train
 from perceiver_mt.shutdown import SIGTERM_EXIT_STATUS
+from perceiver_mt.task import TaskInputError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, args.overrides)
         train(config)
-    except (ConfigError, RegistryError) as error:
+    except (ConfigError, RegistryError, TaskInputError, InitFromError, MissingData) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except Stopped as stopped:

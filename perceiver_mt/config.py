@@ -77,6 +77,10 @@ class RunConfig:
     ckpt_path: str | None = None  # resume from this checkpoint ("last" = output_dir/checkpoints/last.ckpt)
     overwrite: bool = False  # a new run in an output_dir that holds an earlier one: false = refuse, true = replace it
     sigterm_grace_s: float = 30.0  # after SIGTERM the run stops at the next step; if stuck, it exits after this long
+    # Start from another run's weights (perceiver_mt/init_from.py): the shared encoder and every task part whose
+    # name and shape match. Ignored when resuming (ckpt_path), which restores everything.
+    init_from: str | None = None
+    init_map: dict[str, str] = field(default_factory=dict)  # {task here: task in init_from} for renamed tasks
     test: bool = True  # evaluate the test split of every task after fitting
 
 

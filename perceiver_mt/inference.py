@@ -19,7 +19,7 @@ import torch
 
 from perceiver_mt.checks import read_checkpoint_metadata
 from perceiver_mt.parallel import consolidate_checkpoint
-from perceiver_mt.system import MultiTaskSystem
+from perceiver_mt.system import MultiTaskSystem, check_batch
 
 
 class Predictor:
@@ -55,7 +55,7 @@ class Predictor:
             raise ValueError(f"task {task!r} cannot take this input ({type(raw).__name__}): {error}") from None
         if batch_size(batch) == 0:
             raise ValueError(f"task {task!r} got an empty batch: give at least one input")
-        plugin.check_batch(batch)
+        check_batch(plugin, batch)
         batch = {k: v.to(self.system.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         return self.system(task, batch)
 

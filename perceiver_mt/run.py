@@ -12,11 +12,13 @@ import lightning as L
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
+from lightning.pytorch.utilities import rank_zero_info
 
 from perceiver_mt.checks import check_config, check_resume, check_task_decoders, check_trainer
 from perceiver_mt.config import RunConfig, validate_kwargs
 from perceiver_mt.data import DataStatsMonitor, MultiTaskDataModule
 from perceiver_mt.errors import ConfigError
+from perceiver_mt.init_from import initialise_from
 from perceiver_mt.outputs import AtomicCheckpointIO, prepare_output_dir, write_atomically
 from perceiver_mt.parallel import CollectiveTimeout, build_strategy, release_process_group
 from perceiver_mt.plugins import build_task_datamodule, build_tasks
@@ -125,6 +127,17 @@ def train(config: RunConfig, callbacks: list[Any] | None = None) -> dict[str, di
         for callback in trainer.callbacks:
             if isinstance(callback, SigtermDeadline):
                 callback.cancel()
+    system = MultiTaskSystem.from_config(config)
+    resume = resolve_checkpoint(config)
+    if config.init_from and resume is None:
+        report = initialise_from(system.model, config.init_from, config.init_map)
+        rank_zero_info(report.line())
+    datamodule = build_datamodule(config, system)
+    trainer = build_trainer(config, callbacks=list(callbacks or []))
+    trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
+    results = trainer.validate(system, datamodule=datamodule, verbose=False)
+    if config.test:
+        results += trainer.test(system, datamodule=datamodule, verbose=False)
     metrics = collect_metrics(results)
     if trainer.is_global_zero:
         output = Path(config.output_dir)

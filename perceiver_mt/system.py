@@ -22,7 +22,8 @@ from perceiver_mt.parallel import (
 )
 from perceiver_mt.plugins import build_tasks
 from perceiver_mt.speed import apply_speedups
-from perceiver_mt.task import Batch
+from perceiver_mt.task import Batch, Task, TaskInputError
+from perceiver_mt.task_checks import install_width_checks
 
 SPLITS = ("train", "val", "test")
 
@@ -38,6 +39,7 @@ class MultiTaskSystem(LightningModule):
         # The reference model with the configured speedups (same parameters): in training and in inference.
         self.model = apply_speedups(MultiTaskPerceiver(self.run_config.model, self.task_plugins), self.run_config.speed,
                                     log=rank_zero_info)
+        install_width_checks(self.model.tasks, self.task_plugins, self.run_config.model.input_channels)
         # Keyed "<split>_metrics" because nn.Module already has an attribute called `train`.
         self.metrics = nn.ModuleDict({
             f"{split}_metrics": nn.ModuleDict({
@@ -92,7 +94,7 @@ class MultiTaskSystem(LightningModule):
 
     def _shared_step(self, split: str, task: str, batch: Batch) -> torch.Tensor:
         plugin = self.task_plugins[task]
-        plugin.check_batch(batch)
+        check_batch(plugin, batch)
         outputs = self.model(task, batch)
         loss = plugin.loss(outputs, batch)
         metrics = self.metrics[f"{split}_metrics"][task]
@@ -116,3 +118,13 @@ class MultiTaskSystem(LightningModule):
             counter.update(batch_size)
             self.log(f"{split}/{task}/samples", counter, on_step=False, on_epoch=True, add_dataloader_idx=False)
         return loss
+
+
+def check_batch(plugin: Task, batch: Batch) -> None:
+    """The plugin's own check; a plain ValueError from it becomes a TaskInputError (one line at the command line)."""
+    try:
+        plugin.check_batch(batch)
+    except TaskInputError:
+        raise
+    except ValueError as error:
+        raise TaskInputError(str(error)) from None

@@ -16,6 +16,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from perceiver_mt.metrics import MajorityClassAccuracy
 from perceiver_mt.model import DecoderConfig, FourierPositionEncoding
 from perceiver_mt.task import Batch, Task
 from perceiver_mt.tracking.media import Heatmap, Image, Images
@@ -94,7 +95,8 @@ class DigitsTask(Task):
         return F.cross_entropy(outputs, batch["target"], label_smoothing=self.options.label_smoothing)
 
     def build_metrics(self) -> MetricCollection:
-        return MetricCollection({"acc": MulticlassAccuracy(NUM_CLASSES, average="micro")})
+        return MetricCollection({"acc": MulticlassAccuracy(NUM_CLASSES, average="micro"),
+                                 "baseline_acc": MajorityClassAccuracy(NUM_CLASSES)})
 
     def check_batch(self, batch: Batch) -> None:
         images = batch["inputs"]
