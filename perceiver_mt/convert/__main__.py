@@ -1,0 +1,41 @@
+"""python -m perceiver_mt.convert hf SRC --out DIR   (SRC: a transformers save_pretrained folder or hub name)"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from perceiver_mt.config import ConfigError, from_dict
+from perceiver_mt.convert import ConversionError, convert_hf
+from perceiver_mt.model.multitask import MultiTaskPerceiver
+from perceiver_mt.pretrained import build_task_plugins, load_strictly, save_pretrained
+from perceiver_mt.registry import RegistryError
+
+
+def write_converted(source: str, out: str) -> str:
+    converted = convert_hf(source)
+    config = from_dict(converted.config)
+    model = MultiTaskPerceiver(config.model, build_task_plugins(config))
+    load_strictly(model, converted.state, f"the conversion of {source!r}")
+    save_pretrained(model, config, out)
+    tasks = ", ".join(f"{name} ({task.plugin})" for name, task in config.tasks.items()) or "none (encoder only)"
+    return f"converted {converted.architecture} from {source} to {out}: shared encoder + tasks: {tasks}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m perceiver_mt.convert", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    hf = commands.add_parser("hf", help="a Hugging Face transformers Perceiver -> a pretrained folder")
+    hf.add_argument("source", help="folder written by save_pretrained, or a hub name")
+    hf.add_argument("--out", required=True, help="pretrained folder to write")
+    args = parser.parse_args(argv)
+    try:
+        print(write_converted(args.source, args.out))
+    except (ConversionError, ConfigError, RegistryError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
