@@ -9,8 +9,11 @@ import argparse
 import sys
 
 from perceiver_mt.config import DEFAULT_CONFIG, ConfigError, load_config
+from perceiver_mt.init_from import InitFromError
+from perceiver_mt.packaged_data import MissingData
 from perceiver_mt.registry import RegistryError
 from perceiver_mt.run import train
+from perceiver_mt.task import TaskInputError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, args.overrides)
         train(config)
-    except (ConfigError, RegistryError) as error:
+    except (ConfigError, RegistryError, TaskInputError, InitFromError, MissingData) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -13,9 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from perceiver_mt.data import InMemoryDataModule
-
-MASK_ID = 256  # byte values are 0..255; the vocabulary adds MASK
-PAD_ID = 257
+from perceiver_mt.modalities.text import MASK_ID
 
 
 def load_topics() -> dict[str, bytes]:

@@ -73,6 +73,10 @@ class RunConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # DDP/FSDP options (perceiver_mt.parallel)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     ckpt_path: str | None = None  # resume from this checkpoint ("last" = output_dir/checkpoints/last.ckpt)
+    # Start from another run's weights (perceiver_mt/init_from.py): the shared encoder and every task part whose
+    # name and shape match. Ignored when resuming (ckpt_path), which restores everything.
+    init_from: str | None = None
+    init_map: dict[str, str] = field(default_factory=dict)  # {task here: task in init_from} for renamed tasks
     test: bool = True  # evaluate the test split of every task after fitting
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from perceiver_mt.system import MultiTaskSystem
+from perceiver_mt.system import MultiTaskSystem, check_batch
 
 
 class Predictor:
@@ -37,7 +37,7 @@ class Predictor:
         """Raw model outputs (e.g. logits) for `raw` inputs in the task's documented format."""
         plugin = self._plugin(task)
         batch = plugin.make_batch(raw)
-        plugin.check_batch(batch)
+        check_batch(plugin, batch)
         batch = {k: v.to(self.system.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         return self.system(task, batch)
 

@@ -11,9 +11,11 @@ from typing import Any
 import lightning as L
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
 
 from perceiver_mt.config import ConfigError, RunConfig, validate_kwargs
 from perceiver_mt.data import DataStatsMonitor, MultiTaskDataModule
+from perceiver_mt.init_from import initialise_from
 from perceiver_mt.parallel import CollectiveTimeout, build_strategy, release_process_group
 from perceiver_mt.registry import load_datamodule
 from perceiver_mt.sampling import TaskSampler
@@ -99,9 +101,13 @@ def train(config: RunConfig, callbacks: list[Any] | None = None) -> dict[str, di
     """
     L.seed_everything(config.seed, workers=True, verbose=False)
     system = MultiTaskSystem.from_config(config)
+    resume = resolve_checkpoint(config)
+    if config.init_from and resume is None:
+        report = initialise_from(system.model, config.init_from, config.init_map)
+        rank_zero_info(report.line())
     datamodule = build_datamodule(config, system)
     trainer = build_trainer(config, callbacks=list(callbacks or []))
-    trainer.fit(system, datamodule=datamodule, ckpt_path=resolve_checkpoint(config))
+    trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
     results = trainer.validate(system, datamodule=datamodule, verbose=False)
     if config.test:
         results += trainer.test(system, datamodule=datamodule, verbose=False)

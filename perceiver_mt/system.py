@@ -19,7 +19,8 @@ from perceiver_mt.parallel import (
     weigh_across_ranks,
 )
 from perceiver_mt.registry import load_task
-from perceiver_mt.task import Batch, Task
+from perceiver_mt.task import Batch, Task, TaskInputError
+from perceiver_mt.task_checks import install_width_checks
 
 SPLITS = ("train", "val", "test")
 
@@ -43,6 +44,7 @@ class MultiTaskSystem(LightningModule):
         self.task_plugins = build_tasks(self.run_config)
         self.task_names = list(self.task_plugins)  # sorted: evaluation dataloader i is task_names[i]
         self.model = MultiTaskPerceiver(self.run_config.model, self.task_plugins)
+        install_width_checks(self.model.tasks, self.task_plugins, self.run_config.model.input_channels)
         # Keyed "<split>_metrics" because nn.Module already has an attribute called `train`.
         self.metrics = nn.ModuleDict({
             f"{split}_metrics": nn.ModuleDict({
@@ -93,7 +95,7 @@ class MultiTaskSystem(LightningModule):
 
     def _shared_step(self, split: str, task: str, batch: Batch) -> torch.Tensor:
         plugin = self.task_plugins[task]
-        plugin.check_batch(batch)
+        check_batch(plugin, batch)
         outputs = self.model(task, batch)
         loss = plugin.loss(outputs, batch)
         metrics = self.metrics[f"{split}_metrics"][task]
@@ -111,3 +113,13 @@ class MultiTaskSystem(LightningModule):
         # Metric objects are logged, not values: Lightning then syncs them across ranks at compute().
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=batch_size, add_dataloader_idx=False)
         return loss
+
+
+def check_batch(plugin: Task, batch: Batch) -> None:
+    """The plugin's own check; a plain ValueError from it becomes a TaskInputError (one line at the command line)."""
+    try:
+        plugin.check_batch(batch)
+    except TaskInputError:
+        raise
+    except ValueError as error:
+        raise TaskInputError(str(error)) from None

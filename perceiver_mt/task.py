@@ -28,6 +28,10 @@ from perceiver_mt.shards.codec import decode_fields, encode_fields
 Batch = dict[str, Any]
 
 
+class TaskInputError(ValueError):
+    """A batch a task cannot take, in one line: the task, what it got, what it expects."""
+
+
 @dataclass
 class NoOptions:
     """Options of a task that has none."""
@@ -111,7 +115,8 @@ class Task(abc.ABC):
 
     # --- checks and inference ----------------------------------------------------------------------
     def check_batch(self, batch: Batch) -> None:
-        """Raise ValueError (one line: what was wrong, what is allowed) for input the task cannot take."""
+        """Raise TaskInputError (or ValueError; one line naming the task, what it got, what it expects) for
+        input the task cannot take. The system calls it before every forward pass."""
 
     def make_batch(self, raw: Any) -> Batch:
         """Raw user input (as documented by the task)  ->  a batch for inference. Default: the tensor as is."""

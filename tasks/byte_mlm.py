@@ -1,6 +1,7 @@
 """Byte-level masked language modelling: raw UTF-8 bytes in, one output query per byte position.
 
-The adapter embeds bytes (plus MASK and PAD) and adds a position code. Each output query is a
+The adapter (the modality kit's `ByteAdapter`, shared with every byte task) embeds bytes (plus MASK and
+PAD) and adds a position code. Each output query is a
 position code; with `query_context > 0` it also carries the (masked) input bytes of a small window
 around it, the way Perceiver IO's flow decoder builds queries from input features: the latents then
 only have to supply what the neighbourhood cannot. Loss and accuracy count masked positions only.
@@ -22,14 +23,10 @@ from torch import nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from perceiver_mt.model import DecoderConfig, FourierPositionEncoding, LearnedPositionEncoding
+from perceiver_mt.model import DecoderConfig
+from perceiver_mt.modalities.text import MASK_ID, NUM_BYTES, PAD_ID, VOCAB, ByteAdapter, build_position, encode_text
 from perceiver_mt.task import Batch, Task
 from perceiver_mt.tracking.media import Table
-
-VOCAB = 258  # 256 byte values, MASK, PAD
-MASK_ID, PAD_ID = 256, 257
-NUM_BYTES = 256
-
 
 @dataclass
 class ByteMLMOptions:
@@ -45,45 +42,6 @@ class ByteMLMOptions:
     position: str = "fourier"  # fourier | learned: position code of input tokens and output queries
     num_bands: int = 32  # Fourier bands (frequencies 1..seq_len/2) when position="fourier"
     mask_char: str = "\u2588"  # marks masked characters in text given to `make_batch`
-
-
-POSITIONS = ("fourier", "learned")
-
-
-class ProjectedFourierPosition(nn.Module):
-    """Fixed 1D Fourier features of positions 0..L-1, linearly projected: (B, L, channels)."""
-
-    def __init__(self, seq_len: int, channels: int, num_bands: int):
-        super().__init__()
-        self.features = FourierPositionEncoding((seq_len,), num_bands)
-        self.project = nn.Linear(self.features.num_channels, channels)
-        # Unit variance out (features have mean square ~1/2), as strong as an nn.Embedding byte code.
-        nn.init.normal_(self.project.weight, std=(2.0 / self.features.num_channels) ** 0.5)
-
-    def forward(self, batch_size: int) -> torch.Tensor:
-        return self.project(self.features(batch_size))  # (B, L, channels)
-
-
-def build_position(kind: str, seq_len: int, channels: int, num_bands: int) -> nn.Module:
-    if kind == "fourier":
-        return ProjectedFourierPosition(seq_len, channels, num_bands)
-    if kind == "learned":
-        return LearnedPositionEncoding(seq_len, channels)
-    raise ValueError(f"byte_mlm option position={kind!r} is unknown; choose one of {', '.join(POSITIONS)}")
-
-
-class ByteAdapter(nn.Module):
-    """(B, L) byte ids  ->  (B, L, C) tokens: byte embedding + position code."""
-
-    def __init__(self, channels: int, seq_len: int, position: str = "fourier", num_bands: int = 32):
-        super().__init__()
-        self.embed = nn.Embedding(VOCAB, channels)
-        self.position = build_position(position, seq_len, channels, num_bands)
-
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = batch["inputs"]
-        tokens = self.embed(ids) + self.position(ids.shape[0])  # (B, L, C)
-        return tokens, ids == PAD_ID
 
 
 class PositionQueries(nn.Module):
@@ -180,14 +138,11 @@ class ByteMLMTask(Task):
         texts = [raw] if isinstance(raw, str) else raw
         rows = []
         for text in texts:
-            ids: list[int] = []
-            for i, piece in enumerate(text.split(self.options.mask_char)):
-                if i:
-                    ids.append(MASK_ID)
-                ids.extend(piece.encode("utf-8"))
-            if len(ids) > self.options.seq_len:
-                raise ValueError(f"task {self.name!r} takes at most {self.options.seq_len} bytes per text, got {len(ids)}")
-            rows.append(ids + [PAD_ID] * (self.options.seq_len - len(ids)))
+            try:
+                rows.append(encode_text(text, self.options.seq_len, self.options.mask_char))
+            except ValueError:
+                raise ValueError(f"task {self.name!r} takes at most {self.options.seq_len} bytes per text, "
+                                 f"got {len(text.encode('utf-8'))}") from None
         return {"inputs": torch.tensor(rows, dtype=torch.long)}
 
     def predict(self, outputs: torch.Tensor) -> torch.Tensor:

@@ -8,17 +8,7 @@ import torch
 
 from perceiver_mt.model import FourierPositionEncoding, LearnedPositionEncoding, fourier_channels, fourier_features
 from perceiver_mt.model.position import linear_positions
-
-
-def numpy_fourier(index_dims, num_bands, max_resolution, concat_pos=True, sine_only=False):
-    axes = [np.linspace(-1.0, 1.0, n) for n in index_dims]
-    pos = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(index_dims))
-    freqs = np.stack([np.linspace(1.0, r / 2, num_bands) for r in max_resolution])  # (D, bands)
-    per_pos = (pos[:, :, None] * freqs[None]).reshape(len(pos), -1)
-    features = [np.sin(np.pi * per_pos)] if sine_only else [np.sin(np.pi * per_pos), np.cos(np.pi * per_pos)]
-    if concat_pos:
-        features = [pos] + features
-    return np.concatenate(features, axis=-1)
+from references import numpy_fourier
 
 
 @pytest.mark.parametrize("index_dims,num_bands,max_res,concat_pos,sine_only", [

@@ -1,0 +1,123 @@
+"""Audio classification from a folder per class, in any format libsndfile reads (WAV, FLAC, OGG, MP3, ...):
+
+    root/crow/001.wav  root/crow/002.flac  root/owl/a.ogg  ...
+
+Clips are decoded once (mixed down to mono, resampled to `sample_rate`) and cut or zero-padded to
+`num_samples`: centred for evaluation, at a random offset in training. A seeded split per class.
+Training can also play clips at a random speed in `speed_range` (pitch and tempo together), which
+stands in for other voices and instruments.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from perceiver_mt.data import InMemoryDataModule
+from perceiver_mt.modalities.audio import fit_length, load_audio, resample
+
+
+def audio_extensions() -> set[str]:
+    import soundfile
+
+    return {f".{name.lower()}" for name in soundfile.available_formats()} | {".ogg", ".oga", ".opus"}
+
+
+class ClipDataset(Dataset):
+    """Clips (T,) mono or (channels, T) of any length -> {"inputs": (num_samples,) or (channels, num_samples)
+    float32, "target", "index"}."""
+
+    def __init__(self, clips: Sequence[np.ndarray], labels: Sequence[int], ids: Sequence[int], num_samples: int,
+                 train: bool, speed_range: Sequence[float] = (1.0, 1.0), seed: int = 0):
+        self.clips = list(clips)
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        self.ids = torch.as_tensor(np.asarray(ids), dtype=torch.long)
+        self.num_samples = num_samples
+        self.train = train
+        self.speed_range = tuple(speed_range)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        clip = self.clips[i]
+        offset = None
+        if self.train:
+            rng = np.random.default_rng((self.seed, self.epoch, i))
+            speed = Fraction(rng.uniform(*self.speed_range)).limit_denominator(50)
+            if speed != 1:  # resampling by 1/speed, played at the old rate: faster and higher by `speed`
+                clip = resample(clip, speed.numerator, speed.denominator)
+            spare = abs(clip.shape[-1] - self.num_samples)
+            offset = int(rng.integers(spare + 1))
+        samples = fit_length(clip, self.num_samples, offset)
+        return {"inputs": torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)),
+                "target": self.labels[i], "index": self.ids[i]}
+
+
+def split_per_class(labels: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
+    """Indices of each split: every class divided in the same proportions, in a seeded order."""
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[int]] = {split: [] for split in [*fractions, "train"]}
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        start = 0
+        for split, fraction in fractions.items():
+            count = int(round(fraction * len(members)))
+            parts[split] += members[start:start + count].tolist()
+            start += count
+        parts["train"] += members[start:].tolist()
+    return {split: np.sort(np.asarray(ids, dtype=np.int64)) for split, ids in parts.items()}
+
+
+class AudioFolderDataModule(InMemoryDataModule):
+    def __init__(self, root: str = "", classes: list[str] | None = None, sample_rate: int = 16000,
+                 num_samples: int = 16000, batch_size: int = 32, val_fraction: float = 0.15,
+                 test_fraction: float = 0.15, speed_range: list[float] | None = None, split_seed: int = 0,
+                 seed: int = 0, num_workers: int = 0, mono: bool = True):
+        super().__init__(batch_size, seed, num_workers)
+        self.root = Path(root)
+        self.classes = list(classes or [])  # folder names in class order; empty = every folder, sorted
+        self.sample_rate = sample_rate
+        self.num_samples = num_samples
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.speed_range = list(speed_range or [1.0, 1.0])
+        self.split_seed = split_seed
+        self.mono = mono  # False keeps every channel: only for tasks that take multi-channel audio
+
+    def find_files(self) -> tuple[list[Path], np.ndarray]:
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"audio folder {str(self.root)!r} does not exist (set data.root)")
+        folders = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        classes = self.classes or folders
+        missing = [c for c in classes if c not in folders]
+        if missing:
+            raise ValueError(f"audio folder {str(self.root)!r} has no folder for class(es) {', '.join(missing)}; "
+                             f"it has: {', '.join(folders) or 'none'}")
+        extensions = audio_extensions()
+        files, labels = [], []
+        for label, name in enumerate(classes):
+            found = sorted(p for p in (self.root / name).rglob("*") if p.suffix.lower() in extensions)
+            files += found
+            labels += [label] * len(found)
+        if not files:
+            raise ValueError(f"no audio files under {str(self.root)!r} (looked for {', '.join(sorted(extensions))})")
+        return files, np.asarray(labels)
+
+    def build_splits(self) -> dict[str, Dataset]:
+        files, labels = self.find_files()
+        clips = [load_audio(path, self.sample_rate, mono=self.mono)[0] for path in files]
+        splits = split_per_class(labels, {"val": self.val_fraction, "test": self.test_fraction}, self.split_seed)
+        return {split: ClipDataset([clips[i] for i in ids], labels[ids], ids, self.num_samples, split == "train",
+                                   self.speed_range if split == "train" else (1.0, 1.0), self.seed)
+                for split, ids in splits.items()}

@@ -1,0 +1,93 @@
+"""Patches of any regular grid (an image, a video, a spectrogram, a waveform) with position features.
+
+Space-to-depth as in DeepMind's Perceiver IO: an array (B, d1, ..., dn, C) cut into blocks b1 x ... x bn
+becomes (B, d1/b1, ..., dn/bn, b1 * ... * bn * C), each block's values in (b1, ..., bn, C) row-major
+order (their `einops` pattern 'b (t dt) (h dh) (w dw) c -> b t h w (dt dh dw c)'). One token per block,
+blocks in row-major order; the token's position code is that of its block on the grid of blocks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from perceiver_mt.model import FourierPositionEncoding, LearnedPositionEncoding
+
+POSITIONS = ("fourier", "learned")
+
+
+def space_to_depth(x: torch.Tensor, block: Sequence[int]) -> torch.Tensor:
+    """(B, d1, ..., dn, C) -> (B, d1/b1, ..., dn/bn, b1 * ... * bn * C), DeepMind's channel order."""
+    n = len(block)
+    B, *dims, C = x.shape
+    if len(dims) != n or any(d % b for d, b in zip(dims, block)):
+        raise ValueError(f"space_to_depth: grid {tuple(dims)} cannot be cut into blocks {tuple(block)}")
+    split = [s for d, b in zip(dims, block) for s in (d // b, b)]
+    x = x.reshape(B, *split, C)  # (B, d1/b1, b1, ..., dn/bn, bn, C)
+    outer = [1 + 2 * i for i in range(n)]
+    inner = [2 + 2 * i for i in range(n)]
+    x = x.permute(0, *outer, *inner, 2 * n + 1)  # (B, d1/b1, ..., dn/bn, b1, ..., bn, C)
+    return x.reshape(B, *(d // b for d, b in zip(dims, block)), math.prod(block) * C)
+
+
+def depth_to_space(x: torch.Tensor, block: Sequence[int]) -> torch.Tensor:
+    """The inverse of `space_to_depth`: (B, g1, ..., gn, b1 * ... * bn * C) -> (B, g1*b1, ..., gn*bn, C)."""
+    n = len(block)
+    B, *grid, D = x.shape
+    C = D // math.prod(block)
+    x = x.reshape(B, *grid, *block, C)
+    order = [i for a in range(n) for i in (1 + a, 1 + n + a)]
+    x = x.permute(0, *order, 2 * n + 1)  # (B, g1, b1, ..., gn, bn, C)
+    return x.reshape(B, *(g * b for g, b in zip(grid, block)), C)
+
+
+class GridPatches(nn.Module):
+    """(B, *grid_shape, C) -> features (B, M, P_c + P_p): block values, then the block's position code.
+
+    M = prod(grid_shape / block) tokens, row-major. Position: "fourier" = DeepMind's Fourier features of
+    the block grid (`num_bands` per axis, frequencies up to max_resolution / 2, default the block grid),
+    or "learned" = a trainable `learned_channels` vector per block (DeepMind's trainable encoding, init
+    scale 0.02).
+    """
+
+    def __init__(self, grid_shape: Sequence[int], block: Sequence[int], in_channels: int = 1,
+                 position: str = "fourier", num_bands: int = 8, max_resolution: Sequence[int] | None = None,
+                 learned_channels: int = 64):
+        super().__init__()
+        if len(block) != len(grid_shape) or any(d % b for d, b in zip(grid_shape, block)):
+            raise ValueError(f"a grid of shape {tuple(grid_shape)} cannot be cut into patches {tuple(block)}")
+        self.grid_shape = tuple(int(d) for d in grid_shape)
+        self.block = tuple(int(b) for b in block)
+        self.in_channels = in_channels
+        self.index_dims = tuple(d // b for d, b in zip(self.grid_shape, self.block))  # the grid of tokens
+        if position == "fourier":
+            self.position = FourierPositionEncoding(self.index_dims, num_bands, max_resolution or self.index_dims)
+        elif position == "learned":
+            self.position = LearnedPositionEncoding(math.prod(self.index_dims), learned_channels)
+        else:
+            raise ValueError(f"position={position!r} is unknown; choose one of {', '.join(POSITIONS)}")
+        self.content_channels = math.prod(self.block) * in_channels
+
+    @property
+    def num_tokens(self) -> int:
+        return math.prod(self.index_dims)
+
+    @property
+    def channel_groups(self) -> tuple[int, int]:
+        return self.content_channels, self.position.num_channels
+
+    @property
+    def num_channels(self) -> int:
+        return sum(self.channel_groups)
+
+    def content(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, *grid_shape, C) -> (B, M, P_c): the patches without positions (DeepMind's inputs_without_pos)."""
+        return space_to_depth(x, self.block).reshape(x.shape[0], self.num_tokens, self.content_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        content = self.content(x)
+        position = self.position(x.shape[0]).to(content.dtype)  # (B, M, P_p)
+        return torch.cat([content, position], dim=-1)
