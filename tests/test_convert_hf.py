@@ -24,13 +24,16 @@ def saved_hf_model(cls: type, folder, **config) -> torch.nn.Module:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
+        for name, b in model.named_buffers():  # batch-norm statistics too
+            if name.endswith(("running_mean", "running_var")):
+                b.add_(torch.rand_like(b))
     model.save_pretrained(str(folder))
     return model
 
 
-def converted(hf_folder, tmp_path):
+def converted(hf_folder, tmp_path, *extra):
     out = tmp_path / "ours"
-    assert convert_main(["hf", str(hf_folder), "--out", str(out)]) == 0
+    assert convert_main(["hf", str(hf_folder), "--out", str(out), *extra]) == 0
     model, config = from_pretrained(out)
     return model, config
 
@@ -61,6 +64,28 @@ def test_bare_encoder_latents_match(tmp_path):
     with torch.no_grad():
         expected = hf(inputs=inputs, attention_mask=mask).last_hidden_state
         got = ours.encoder(inputs, mask == 0)
+    assert (got - expected).abs().max() < TOLERANCE
+
+
+IMAGE_CLASSIFIERS = [  # (class, image size, our encoder's input width)
+    ("PerceiverForImageClassificationFourier", 12, 261),
+    ("PerceiverForImageClassificationConvProcessing", 32, 322),
+    ("PerceiverForImageClassificationLearned", 8, 512),
+]
+
+
+@pytest.mark.parametrize("architecture, size, channels", IMAGE_CLASSIFIERS)
+def test_image_classifier_logits_match(tmp_path, architecture, size, channels):
+    hf = saved_hf_model(getattr(transformers, architecture), tmp_path / "hf", **SMALL, image_size=size, num_labels=5)
+    hf.train(False)
+    extra = [] if "Learned" in architecture else ["--image-size", str(size), str(size)]
+    ours, config = converted(tmp_path / "hf", tmp_path, *extra)
+    assert config.model.input_channels == channels and config.tasks["imagenet"].plugin == "image_classification"
+    images = torch.rand(2, size, size, 3, generator=torch.Generator().manual_seed(3))  # ours: (B, H, W, C)
+    with torch.no_grad():
+        expected = hf(inputs=images.permute(0, 3, 1, 2)).logits  # HF: (B, C, H, W)
+        got = ours("imagenet", {"inputs": images})
+    assert got.shape == expected.shape == (2, 5)
     assert (got - expected).abs().max() < TOLERANCE
 
 

@@ -15,14 +15,21 @@ from typing import Any, Callable
 
 import torch
 
+from perceiver_mt.convert.hf_images import convert_conv, convert_fourier, convert_learned
 from perceiver_mt.convert.hf_layers import ConversionError
 from perceiver_mt.convert.hf_text import convert_masked_lm, convert_model
 
-Converter = Callable[[Any, dict[str, torch.Tensor]], tuple[dict[str, Any], dict[str, torch.Tensor]]]
+Converter = Callable[..., tuple[dict[str, Any], dict[str, torch.Tensor]]]
 CONVERTERS: dict[str, Converter] = {
     "PerceiverModel": convert_model,
     "PerceiverForMaskedLM": convert_masked_lm,
+    "PerceiverForImageClassificationFourier": convert_fourier,
+    "PerceiverForImageClassificationConvProcessing": convert_conv,
+    "PerceiverForImageClassificationLearned": convert_learned,
 }
+# Converters that take the image size (their HF config does not fix it).
+IMAGE_CONVERTERS = {"PerceiverForImageClassificationFourier", "PerceiverForImageClassificationConvProcessing",
+                    "PerceiverForImageClassificationLearned"}
 
 __all__ = ["CONVERTERS", "ConversionError", "Converted", "convert_hf", "load_hf"]
 
@@ -72,7 +79,11 @@ def read_weights(source: str | Path) -> dict[str, torch.Tensor]:
     raise ConversionError(f"{str(source)!r} has no model*.safetensors or pytorch_model*.bin weights")
 
 
-def convert_hf(source: str | Path) -> Converted:
+def convert_hf(source: str | Path, image_size: tuple[int, int] | None = None) -> Converted:
+    """`image_size` (H, W): the input size of image classifiers whose config does not fix it (default 224 x 224)."""
     architecture, config, state = load_hf(source)
-    run_config, our_state = CONVERTERS[architecture](config, state)
+    options = {"image_size": image_size} if architecture in IMAGE_CONVERTERS else {}
+    if image_size is not None and not options:
+        raise ConversionError(f"--image-size applies to image classifiers, not to {architecture}")
+    run_config, our_state = CONVERTERS[architecture](config, state, **options)
     return Converted(architecture, run_config, our_state)

@@ -12,8 +12,8 @@ from perceiver_mt.pretrained import build_task_plugins, load_strictly, save_pret
 from perceiver_mt.registry import RegistryError
 
 
-def write_converted(source: str, out: str) -> str:
-    converted = convert_hf(source)
+def write_converted(source: str, out: str, image_size: tuple[int, int] | None = None) -> str:
+    converted = convert_hf(source, image_size)
     config = from_dict(converted.config)
     model = MultiTaskPerceiver(config.model, build_task_plugins(config))
     load_strictly(model, converted.state, f"the conversion of {source!r}")
@@ -28,9 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     hf = commands.add_parser("hf", help="a Hugging Face transformers Perceiver -> a pretrained folder")
     hf.add_argument("source", help="folder written by save_pretrained, or a hub name")
     hf.add_argument("--out", required=True, help="pretrained folder to write")
+    hf.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
+                    help="input size of an image classifier (default 224 224; the learned variant's is fixed)")
     args = parser.parse_args(argv)
     try:
-        print(write_converted(args.source, args.out))
+        print(write_converted(args.source, args.out, tuple(args.image_size) if args.image_size else None))
     except (ConversionError, ConfigError, RegistryError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
