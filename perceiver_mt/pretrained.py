@@ -48,6 +48,10 @@ def save_pretrained(model: MultiTaskPerceiver, config: RunConfig | dict[str, Any
     return folder
 
 
+def is_pretrained_folder(folder: str | Path) -> bool:
+    return all((Path(folder) / name).is_file() for name in (CONFIG_FILE, WEIGHTS_FILE))
+
+
 def load_pretrained_config(folder: str | Path) -> RunConfig:
     folder = Path(folder)
     for name in (CONFIG_FILE, WEIGHTS_FILE):
