@@ -19,6 +19,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from perceiver_mt.pretrained import is_pretrained_folder, load_pretrained_state
+
 CHECKPOINT_PREFIX = "model."  # MultiTaskSystem keeps the network under `model`
 
 
@@ -50,14 +52,15 @@ def _groups(names: list[str]) -> str:
 
 
 def read_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
-    """The network's tensors in a checkpoint file: a Lightning checkpoint of this project, or a plain state dict.
-
-    Another kind of source (a converted model folder) plugs in here.
-    """
+    """The network's tensors in a checkpoint file (a Lightning checkpoint of this project, or a plain state dict)
+    or in a pretrained folder (`perceiver_mt.pretrained`: converted Hugging Face models, `save_pretrained`)."""
     path = Path(source)
     if path.is_dir():
-        raise InitFromError(f"init_from {str(path)!r} is a folder; give a single-file checkpoint "
-                            "(a sharded FSDP checkpoint: save with parallel.checkpoint=full)")
+        if is_pretrained_folder(path):
+            return load_pretrained_state(path)
+        raise InitFromError(f"init_from {str(path)!r} is a folder but not a pretrained one (model.safetensors + "
+                            "config.yaml); give one of those or a single-file checkpoint (a sharded FSDP checkpoint: "
+                            "save with parallel.checkpoint=full)")
     if not path.is_file():
         raise InitFromError(f"init_from {str(path)!r} does not exist")
     try:

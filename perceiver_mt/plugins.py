@@ -14,14 +14,19 @@ its message shown as one line naming `tasks.<name>.data`.
 from __future__ import annotations
 
 import inspect
-from typing import Any
-
-from lightning.pytorch import LightningDataModule
+import logging
+from typing import TYPE_CHECKING, Any, Callable
 
 from perceiver_mt.config import RunConfig, validate_kwargs, validate_options
 from perceiver_mt.errors import ConfigError
+from perceiver_mt.model.multitask import MultiTaskPerceiver
 from perceiver_mt.registry import load_datamodule, load_task
+from perceiver_mt.speed import apply_speedups
 from perceiver_mt.task import Task
+from perceiver_mt.task_checks import install_width_checks
+
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningDataModule
 
 
 def build_task(config: RunConfig, name: str) -> Task:
@@ -38,6 +43,15 @@ def build_task(config: RunConfig, name: str) -> Task:
 def build_tasks(config: RunConfig) -> dict[str, Task]:
     """Every task instance of the config, by instance name, in sorted order."""
     return {name: build_task(config, name) for name in sorted(config.tasks)}
+
+
+def build_network(config: RunConfig, tasks: dict[str, Task],
+                  log: Callable[[str], None] = logging.getLogger(__name__).info) -> MultiTaskPerceiver:
+    """The network of the config, for training and inference alike: the reference model with the configured
+    speedups (same parameters), and checks that name the task whose adapter or queries have the wrong width."""
+    network = apply_speedups(MultiTaskPerceiver(config.model, tasks), config.speed, log=log)
+    install_width_checks(network.tasks, tasks, config.model.input_channels)
+    return network
 
 
 def build_task_datamodule(name: str, task: Task, data: dict[str, Any], seed: int) -> LightningDataModule:

@@ -14,16 +14,13 @@ from torch import nn
 from torchmetrics.aggregation import SumMetric
 
 from perceiver_mt.config import RunConfig, from_dict, to_dict
-from perceiver_mt.model.multitask import MultiTaskPerceiver
 from perceiver_mt.optim import build_optimizer
 from perceiver_mt.parallel import (
     fsdp_mesh, idle_parameters, parallelize, release_idle_gradients, touch_idle_parameters, touches_every_parameter,
     weigh_across_ranks,
 )
-from perceiver_mt.plugins import build_tasks
-from perceiver_mt.speed import apply_speedups
+from perceiver_mt.plugins import build_network, build_tasks
 from perceiver_mt.task import Batch, Task, TaskInputError
-from perceiver_mt.task_checks import install_width_checks
 
 SPLITS = ("train", "val", "test")
 
@@ -36,10 +33,7 @@ class MultiTaskSystem(LightningModule):
         self.run_config = from_dict(config)
         self.task_plugins = build_tasks(self.run_config)
         self.task_names = list(self.task_plugins)  # sorted: evaluation dataloader i is task_names[i]
-        # The reference model with the configured speedups (same parameters): in training and in inference.
-        self.model = apply_speedups(MultiTaskPerceiver(self.run_config.model, self.task_plugins), self.run_config.speed,
-                                    log=rank_zero_info)
-        install_width_checks(self.model.tasks, self.task_plugins, self.run_config.model.input_channels)
+        self.model = build_network(self.run_config, self.task_plugins, log=rank_zero_info)
         # Keyed "<split>_metrics" because nn.Module already has an attribute called `train`.
         self.metrics = nn.ModuleDict({
             f"{split}_metrics": nn.ModuleDict({

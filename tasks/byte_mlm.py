@@ -37,6 +37,9 @@ class ByteMLMOptions:
     query_channels: int = 64
     query_context: int = 0  # bytes each side of a position mixed into its output query (0 = position only)
     decoder_heads: int = 1
+    decoder_qk_channels: int | None = None  # query/key width of the decoder's attention; None = query_channels
+    decoder_v_channels: int | None = None  # value width; None = the query/key width
+    decoder_query_residual: bool = True  # add each query back after attention (off: queries are positions only)
     position: str = "fourier"  # fourier | learned: position code of input tokens and output queries
     num_bands: int = 32  # Fourier bands (frequencies 1..seq_len/2) when position="fourier"
     mask_char: str = "\u2588"  # marks masked characters in text given to `make_batch`
@@ -109,7 +112,9 @@ class ByteMLMTask(Task):
 
     def decoder_config(self) -> DecoderConfig:
         o = self.options
-        return DecoderConfig(query_channels=o.query_channels, num_heads=o.decoder_heads)
+        return DecoderConfig(query_channels=o.query_channels, num_heads=o.decoder_heads,
+                             qk_channels=o.decoder_qk_channels, v_channels=o.decoder_v_channels,
+                             query_residual=o.decoder_query_residual)
 
     def build_head(self) -> nn.Module:
         # (B, L, 256) logits, each position on its own: `speed.query_chunk_size` may decode long texts in chunks

@@ -76,8 +76,25 @@ def test_unreadable_sources_are_one_line(tmp_path):
     model = language_model()
     with pytest.raises(InitFromError, match="does not exist"):
         initialise_from(model, tmp_path / "none.ckpt")
-    with pytest.raises(InitFromError, match="is a folder; give a single-file checkpoint"):
+    with pytest.raises(InitFromError, match="is a folder but not a pretrained one"):
         initialise_from(model, tmp_path)
     (tmp_path / "text.ckpt").write_text("not a checkpoint")
     with pytest.raises(InitFromError, match="is not a readable checkpoint"):
         initialise_from(model, tmp_path / "text.ckpt")
+
+
+def test_a_pretrained_folder_loads_like_a_checkpoint(mlm_checkpoint, tmp_path):
+    """A folder written by save_pretrained (what the Hugging Face converter writes) is a source too."""
+    from perceiver_mt.config import from_dict
+    from perceiver_mt.pretrained import save_pretrained
+
+    source, path = mlm_checkpoint
+    folder = save_pretrained(source, from_dict({"model": vars(ENCODER), "tasks": {"pydoc_mlm": {
+        "plugin": "byte_mlm", "options": {"seq_len": 32, "query_channels": 8, "num_bands": 4, "query_context": 1}}}}),
+        tmp_path / "pretrained")
+    from_folder, from_file = language_model(), language_model()
+    folder_report = initialise_from(from_folder, folder, {"lang": "pydoc_mlm"})
+    file_report = initialise_from(from_file, path, {"lang": "pydoc_mlm"})
+    assert folder_report.loaded == file_report.loaded and folder_report.new == file_report.new
+    for name, tensor in from_file.state_dict().items():
+        assert torch.equal(from_folder.state_dict()[name], tensor), name

@@ -57,17 +57,23 @@ class TokenAdapter(nn.Module):
     The preprocessor is any module with `num_channels` and `channel_groups` (widths of its content and
     position parts, in order) mapping its input to features (B, M, num_channels); one with a
     `pad_mask(input)` method (point sets, several modalities) also says which tokens are padding.
+    With `project=False` the features go to the encoder as they are (DeepMind's image networks feed their
+    [pixels | Fourier] features unprojected), so their width must already be `channels`.
     """
 
-    def __init__(self, preprocessor: nn.Module, channels: int, key: str = "inputs"):
+    def __init__(self, preprocessor: nn.Module, channels: int, key: str = "inputs", project: bool = True):
         super().__init__()
+        if not project and preprocessor.num_channels != channels:
+            raise ValueError(f"unprojected features have {preprocessor.num_channels} channels but the encoder takes "
+                             f"{channels}: set model.input_channels={preprocessor.num_channels} or project them")
         self.preprocessor = preprocessor
-        self.projection = FeatureProjection(preprocessor.channel_groups, channels)
+        self.projection = FeatureProjection(preprocessor.channel_groups, channels) if project else None
         self.key = key
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         raw = batch[self.key]
-        tokens = self.projection(self.preprocessor(raw))  # (B, M, channels)
+        features = self.preprocessor(raw)
+        tokens = features if self.projection is None else self.projection(features)  # (B, M, channels)
         pad_mask = self.preprocessor.pad_mask(raw) if hasattr(self.preprocessor, "pad_mask") else None
         return tokens if pad_mask is None else (tokens, pad_mask)
 

@@ -1,0 +1,115 @@
+"""Hugging Face Perceivers convert into this project's model exactly: same outputs on the same inputs (fp32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from perceiver_mt.convert import ConversionError, convert_hf  # noqa: E402
+from perceiver_mt.convert.__main__ import main as convert_main  # noqa: E402
+from perceiver_mt.pretrained import from_pretrained  # noqa: E402
+
+TOLERANCE = 1e-4  # max absolute difference, fp32
+SMALL = dict(num_latents=8, d_latents=32, d_model=16, num_self_attends_per_block=2, num_self_attention_heads=2,
+             num_cross_attention_heads=2, qk_channels=16, v_channels=32)
+
+
+def saved_hf_model(cls: type, folder, **config) -> torch.nn.Module:
+    """A randomly initialised transformers model, every parameter perturbed (LayerNorms are not the identity,
+    biases not zero), written with save_pretrained."""
+    torch.manual_seed(0)
+    model = cls(transformers.PerceiverConfig(**config)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+        for name, b in model.named_buffers():  # batch-norm statistics too
+            if name.endswith(("running_mean", "running_var")):
+                b.add_(torch.rand_like(b))
+    model.save_pretrained(str(folder))
+    return model
+
+
+def converted(hf_folder, tmp_path, *extra):
+    out = tmp_path / "ours"
+    assert convert_main(["hf", str(hf_folder), "--out", str(out), *extra]) == 0
+    model, config = from_pretrained(out)
+    return model, config
+
+
+def test_masked_lm_logits_match(tmp_path):
+    hf = saved_hf_model(transformers.PerceiverForMaskedLM, tmp_path / "hf", **SMALL, max_position_embeddings=24)
+    ours, config = converted(tmp_path / "hf", tmp_path)
+    assert config.tasks["mlm"].plugin == "byte_mlm"
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 256, (3, 24), generator=g)
+    ids[0, 5:9] = 256  # MASK
+    ids[1, 17:] = 257  # PAD: masked out of the encoder's attention
+    hf_ids = torch.tensor([6, 3, 0]).new_tensor([*range(6, 262), 3, 0])[ids]
+    with torch.no_grad():
+        expected = hf(inputs=hf_ids, attention_mask=(ids != 257).long()).logits[..., 6:]
+        got = ours("mlm", {"inputs": ids})
+    assert got.shape == expected.shape == (3, 24, 256)
+    assert (got - expected).abs().max() < TOLERANCE
+
+
+def test_bare_encoder_latents_match(tmp_path):
+    hf = saved_hf_model(transformers.PerceiverModel, tmp_path / "hf", **SMALL)
+    ours, config = converted(tmp_path / "hf", tmp_path)
+    assert config.tasks == {}
+    inputs = torch.randn(2, 11, 16, generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(2, 11, dtype=torch.long)
+    mask[1, 7:] = 0
+    with torch.no_grad():
+        expected = hf(inputs=inputs, attention_mask=mask).last_hidden_state
+        got = ours.encoder(inputs, mask == 0)
+    assert (got - expected).abs().max() < TOLERANCE
+
+
+IMAGE_CLASSIFIERS = [  # (class, image size, our encoder's input width)
+    ("PerceiverForImageClassificationFourier", 12, 261),
+    ("PerceiverForImageClassificationConvProcessing", 32, 322),
+    ("PerceiverForImageClassificationLearned", 8, 512),
+]
+
+
+@pytest.mark.parametrize("architecture, size, channels", IMAGE_CLASSIFIERS)
+def test_image_classifier_logits_match(tmp_path, architecture, size, channels):
+    hf = saved_hf_model(getattr(transformers, architecture), tmp_path / "hf", **SMALL, image_size=size, num_labels=5)
+    hf.train(False)
+    extra = [] if "Learned" in architecture else ["--image-size", str(size), str(size)]
+    ours, config = converted(tmp_path / "hf", tmp_path, *extra)
+    assert config.model.input_channels == channels and config.tasks["imagenet"].plugin == "image_classification"
+    images = torch.rand(2, size, size, 3, generator=torch.Generator().manual_seed(3))  # ours: (B, H, W, C)
+    with torch.no_grad():
+        expected = hf(inputs=images.permute(0, 3, 1, 2)).logits  # HF: (B, C, H, W)
+        got = ours("imagenet", {"inputs": images})
+    assert got.shape == expected.shape == (2, 5)
+    assert (got - expected).abs().max() < TOLERANCE
+
+
+def test_unknown_architecture_is_one_line(tmp_path):
+    transformers.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                            architectures=["BertForMaskedLM"]).save_pretrained(tmp_path / "bert")
+    with pytest.raises(ConversionError, match=r"holds a BertForMaskedLM \(bert\) checkpoint; convertible: .*PerceiverForMaskedLM"):
+        convert_hf(tmp_path / "bert")
+
+
+def test_checkpoint_with_parameters_nobody_maps_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    saved_hf_model(transformers.PerceiverForMaskedLM, tmp_path / "hf", **SMALL, max_position_embeddings=24)
+    weights = tmp_path / "hf" / "model.safetensors"
+    state = load_file(str(weights))
+    state["perceiver.decoder.extra_projection.weight"] = torch.zeros(2, 2)
+    save_file(state, str(weights), metadata={"format": "pt"})
+    with pytest.raises(ConversionError, match="parameters this converter does not map: perceiver.decoder.extra_projection"):
+        convert_hf(tmp_path / "hf")
+
+
+def test_missing_source_is_one_line(tmp_path, capsys):
+    assert convert_main(["hf", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot read a transformers config from") and "\n" not in err
+    assert not (tmp_path / "out").exists()
