@@ -114,6 +114,8 @@ def train(config: RunConfig, callbacks: list[Any] | None = None) -> dict[str, di
     if config.ckpt_path == "last" and checkpoint is None and first_process:
         print(f"ckpt_path=last: no checkpoint in {Path(config.output_dir) / 'checkpoints'} yet; starting at step 0",
               file=sys.stderr)
+    if config.init_from and checkpoint is None:  # resuming restores everything instead
+        rank_zero_info(initialise_from(system.model, config.init_from, config.init_map).line())
     datamodule = build_datamodule(config, system)
     trainer = build_trainer(config, callbacks=list(callbacks or []))
     try:
@@ -127,17 +129,6 @@ def train(config: RunConfig, callbacks: list[Any] | None = None) -> dict[str, di
         for callback in trainer.callbacks:
             if isinstance(callback, SigtermDeadline):
                 callback.cancel()
-    system = MultiTaskSystem.from_config(config)
-    resume = resolve_checkpoint(config)
-    if config.init_from and resume is None:
-        report = initialise_from(system.model, config.init_from, config.init_map)
-        rank_zero_info(report.line())
-    datamodule = build_datamodule(config, system)
-    trainer = build_trainer(config, callbacks=list(callbacks or []))
-    trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
-    results = trainer.validate(system, datamodule=datamodule, verbose=False)
-    if config.test:
-        results += trainer.test(system, datamodule=datamodule, verbose=False)
     metrics = collect_metrics(results)
     if trainer.is_global_zero:
         output = Path(config.output_dir)
