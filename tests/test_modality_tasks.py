@@ -167,8 +167,8 @@ def test_all_modality_tasks_train_together_on_real_data(tmp_path):
 def test_shards_of_a_modality_task_read_back_as_its_samples(tmp_path, plugin):
     skip_without_data()
     from datamodules.webdataset import WebDatasetDataModule
-    from perceiver_mt.shards.writer import build_task, split_samples, write_task
-    from perceiver_mt.run import build_task_datamodule
+    from perceiver_mt.plugins import build_task, build_task_datamodule
+    from perceiver_mt.shards.writer import split_samples, write_task
 
     config = load_config(tiny_config(tmp_path, {"t": {"plugin": plugin, "options": TINY[plugin]}}, 10))
     write_task(config, "t", tmp_path / "shards", shard_size=200, splits=("val",))
@@ -176,6 +176,7 @@ def test_shards_of_a_modality_task_read_back_as_its_samples(tmp_path, plugin):
     samples, _ = split_samples(build_task_datamodule("t", task, {}, 0), "val", 0)
     expected = next(iter(samples))
     shards = WebDatasetDataModule(root=str(tmp_path / "shards"), batch_size=4, task=task)
+    shards.setup("validate")
     batch = next(iter(shards.val_dataloader()))
     first = {k: (v[0] if torch.is_tensor(v) else {kk: vv[0] for kk, vv in v.items()}) for k, v in batch.items()}
     torch.testing.assert_close(first, expected, check_dtype=False)
