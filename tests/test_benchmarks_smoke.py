@@ -31,6 +31,7 @@ def available(implementation: str) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("implementation", ["hf", "krasserm", "lucidrains"])
 def test_config_a_has_the_same_size_in_every_implementation(implementation):
     if not available(implementation):
@@ -87,6 +88,7 @@ def test_watchdog_records_oom_instead_of_letting_a_run_grow():
     result = measure_in_child(["--impl", "ours", "--config", "tinyA"], memory_limit_gb=0.05, timeout_s=120)
     assert result["status"] == "oom" and result["peak_rss_gb"] > 0.05
 
+@pytest.mark.slow
 
 def test_in_process_measurement_reports_results_and_failures_as_records():
     """The GPU path of the harness (one process for all measurements) on CPU: a variant of ours runs and an

@@ -88,6 +88,7 @@ def test_waveform_patches_are_deepminds_reshape_with_1d_fourier():
     np.testing.assert_array_equal(features[..., :96].numpy(), waveform.reshape(2, -1, 96).numpy())
     np.testing.assert_allclose(features[0, :, 96:].numpy(), numpy_fourier((10,), 4, (10,)), atol=1e-6)
 
+@pytest.mark.slow
 
 def test_log_mel_matches_librosa():
     librosa = pytest.importorskip("librosa")

@@ -26,6 +26,7 @@ def mnist():
 
     return require(load_mnist)
 
+@pytest.mark.slow
 
 def test_mnist_package_holds_the_10000_mnist_test_digits(mnist):
     images, labels = mnist

@@ -110,8 +110,14 @@ SWITCHES = {
 }
 
 
-@pytest.mark.parametrize("grid", [(7,), (3, 4), (2, 3, 2)], ids=lambda g: f"{len(g)}axes")
-@pytest.mark.parametrize(("heads", "padded"), [(1, False), (2, True)], ids=["1head", "2heads_padded"])
+# The fast loop (-m "not slow") keeps every switch on a padded 2-head, 2-axis grid; the rest is slow.
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("grid", [pytest.param((7,), marks=SLOW), (3, 4), pytest.param((2, 3, 2), marks=SLOW)],
+                         ids=lambda g: f"{len(g)}axes")
+@pytest.mark.parametrize(("heads", "padded"), [pytest.param(1, False, marks=SLOW), (2, True)],
+                         ids=["1head", "2heads_padded"])
 @pytest.mark.parametrize("switch", list(SWITCHES))
 def test_each_speedup_computes_the_reference_function(switch, heads, padded, grid):
     reference = grid_network(grid, heads)
