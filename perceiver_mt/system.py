@@ -44,7 +44,7 @@ class MultiTaskSystem(LightningModule):
         self.task_plugins = build_tasks(self.run_config)
         self.task_names = list(self.task_plugins)  # sorted: evaluation dataloader i is task_names[i]
         self.model = MultiTaskPerceiver(self.run_config.model, self.task_plugins)
-        install_width_checks(self.model.tasks, self.task_plugins, self.run_config.model.input_channels)
+        install_width_checks(self.model.tasks, self.run_config.model.input_channels)
         # Keyed "<split>_metrics" because nn.Module already has an attribute called `train`.
         self.metrics = nn.ModuleDict({
             f"{split}_metrics": nn.ModuleDict({
