@@ -50,7 +50,7 @@ def build_network(config: RunConfig, tasks: dict[str, Task],
     """The network of the config, for training and inference alike: the reference model with the configured
     speedups (same parameters), and checks that name the task whose adapter or queries have the wrong width."""
     network = apply_speedups(MultiTaskPerceiver(config.model, tasks), config.speed, log=log)
-    install_width_checks(network.tasks, tasks, config.model.input_channels)
+    install_width_checks(network.tasks, config.model.input_channels)
     return network
 
 

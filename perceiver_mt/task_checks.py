@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from perceiver_mt.task import Task, TaskInputError
+from perceiver_mt.task import TaskInputError
 
 
 def _check_width(task: str, part: str, expected: int, where: str, module: nn.Module, args: Any, output: Any) -> None:
@@ -23,7 +23,7 @@ def _check_width(task: str, part: str, expected: int, where: str, module: nn.Mod
         raise TaskInputError(f"task {task!r}: its {part} returned {got}; {where} takes (B, M, {expected})")
 
 
-def install_width_checks(task_models: nn.ModuleDict, tasks: dict[str, Task], input_channels: int) -> None:
+def install_width_checks(task_models: nn.ModuleDict, input_channels: int) -> None:
     """Hooks on every task's adapter (-> model.input_channels) and queries (-> its decoder's query_channels)."""
     for name, task_model in task_models.items():
         task_model.adapter.register_forward_hook(partial(

@@ -41,8 +41,8 @@ class AudioOptions(ClassificationOptions):
 
 @dataclass
 class MandarinTonesOptions(AudioOptions):
-    # The test speaker's voice is 2.7x higher than the training speaker's (median F0 350 vs 130 Hz): training
-    # hears every clip up to 3x higher or lower at its own tempo, so tones are told by their contour.
+    # The two speakers' voices lie 2.7x apart (median F0 350 and 130 Hz): training hears every clip up to 3x
+    # higher or lower at its own tempo, so tones are told by their contour, not by the voice's range.
     pitch_shift: float = 3.0
 
 

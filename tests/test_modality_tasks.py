@@ -81,14 +81,14 @@ def test_wrong_modality_or_shape_is_one_line(plugin, batch, message):
 
 def test_an_adapter_or_query_module_of_the_wrong_width_names_its_task():
     task, model = build("mnist")
-    install_width_checks(model.tasks, {"mnist": task}, ENCODER.input_channels)
+    install_width_checks(model.tasks, ENCODER.input_channels)
     batch = task.make_batch(raw_inputs("mnist"))
     model.tasks["mnist"].adapter.projection = torch.nn.Linear(16 + 18, 7)  # 7 channels instead of 16
     with pytest.raises(TaskInputError, match=r"^task 'mnist': its adapter returned \(3, 49, 7\); the shared encoder "
                                              r"\(model.input_channels\) takes \(B, M, 16\)$"):
         model("mnist", batch)
     task, model = build("mnist_points")
-    install_width_checks(model.tasks, {"mnist_points": task}, ENCODER.input_channels)
+    install_width_checks(model.tasks, ENCODER.input_channels)
     model.tasks["mnist_points"].queries.queries = torch.nn.Parameter(torch.zeros(1, 9))
     with pytest.raises(TaskInputError, match=r"task 'mnist_points': its query module returned \(3, 1, 9\); its decoder"):
         model("mnist_points", task.make_batch(raw_inputs("mnist_points")))
