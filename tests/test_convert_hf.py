@@ -81,9 +81,10 @@ def test_image_classifier_logits_match(tmp_path, architecture, size, channels):
     extra = [] if "Learned" in architecture else ["--image-size", str(size), str(size)]
     ours, config = converted(tmp_path / "hf", tmp_path, *extra)
     assert config.model.input_channels == channels and config.tasks["imagenet"].plugin == "image_classification"
-    images = torch.rand(2, size, size, 3, generator=torch.Generator().manual_seed(3))  # ours: (B, H, W, C)
+    images = torch.rand(2, size, size, 3, generator=torch.Generator().manual_seed(3))  # ours: (B, H, W, C) in [0, 1]
+    normalised = (images - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
     with torch.no_grad():
-        expected = hf(inputs=images.permute(0, 3, 1, 2)).logits  # HF: (B, C, H, W)
+        expected = hf(inputs=normalised.permute(0, 3, 1, 2)).logits  # HF: (B, C, H, W), as its image processor gives
         got = ours("imagenet", {"inputs": images})
     assert got.shape == expected.shape == (2, 5)
     assert (got - expected).abs().max() < TOLERANCE
