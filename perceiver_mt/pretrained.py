@@ -81,3 +81,23 @@ def load_strictly(model: torch.nn.Module, state: dict[str, torch.Tensor], source
             problem = f"{len(unexpected)} parameters this model does not have, e.g. {unexpected[0]}"
         raise ConfigError(f"weights in {source} do not fit the model its config builds: {problem}")
     model.load_state_dict(state, strict=True)
+
+
+def push_to_hub(folder: str | Path, repo: str, private: bool = False) -> str:
+    """Uploads a pretrained folder to the Hugging Face hub; returns the repository's URL.
+
+    Needs `huggingface_hub` and a token (HF_TOKEN, or `huggingface-cli login`); without one it fails in one line
+    before anything is sent. (Untested against the hub itself: it needs the network.)
+    """
+    if not is_pretrained_folder(folder):
+        raise ConfigError(f"{str(folder)!r} is not a pretrained folder (model.safetensors + config.yaml)")
+    try:
+        from huggingface_hub import HfApi, get_token
+    except ImportError:
+        raise ConfigError("pushing to the hub needs huggingface_hub: pip install huggingface_hub") from None
+    if get_token() is None:
+        raise ConfigError("pushing to the hub needs a token: set HF_TOKEN or run `huggingface-cli login`")
+    api = HfApi()
+    url = api.create_repo(repo, private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(folder), repo_id=repo, commit_message="Upload perceiver-mt pretrained folder")
+    return str(url)

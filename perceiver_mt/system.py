@@ -20,7 +20,7 @@ from perceiver_mt.parallel import (
     weigh_across_ranks,
 )
 from perceiver_mt.plugins import build_network, build_tasks
-from perceiver_mt.task import Batch, Task, TaskInputError
+from perceiver_mt.task import Batch, check_task_batch
 
 SPLITS = ("train", "val", "test")
 
@@ -88,7 +88,7 @@ class MultiTaskSystem(LightningModule):
 
     def _shared_step(self, split: str, task: str, batch: Batch) -> torch.Tensor:
         plugin = self.task_plugins[task]
-        check_batch(plugin, batch)
+        check_task_batch(plugin, batch)
         outputs = self.model(task, batch)
         loss = plugin.loss(outputs, batch)
         metrics = self.metrics[f"{split}_metrics"][task]
@@ -113,12 +113,3 @@ class MultiTaskSystem(LightningModule):
             self.log(f"{split}/{task}/samples", counter, on_step=False, on_epoch=True, add_dataloader_idx=False)
         return loss
 
-
-def check_batch(plugin: Task, batch: Batch) -> None:
-    """The plugin's own check; a plain ValueError from it becomes a TaskInputError (one line at the command line)."""
-    try:
-        plugin.check_batch(batch)
-    except TaskInputError:
-        raise
-    except ValueError as error:
-        raise TaskInputError(str(error)) from None

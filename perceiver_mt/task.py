@@ -136,3 +136,14 @@ class Task(abc.ABC):
         """Pictures/tables/audio of one validation batch for the run's dashboard: {name: media}, media
         from `perceiver_mt.tracking.media` (Image, Images, Table, Heatmap, Audio). Default: none."""
         return {}
+
+
+def check_task_batch(task: Task, batch: Batch) -> None:
+    """The task's own `check_batch`; a plain ValueError from it becomes a TaskInputError (one line at the
+    command line)."""
+    try:
+        task.check_batch(batch)
+    except TaskInputError:
+        raise
+    except ValueError as error:
+        raise TaskInputError(str(error)) from None

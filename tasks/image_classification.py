@@ -43,8 +43,25 @@ class ImageClassificationOptions(ClassificationOptions):
     max_resolution: list[int] | None = None  # Fourier frequencies up to this / 2; None = the token grid's size
     learned_channels: int = 256  # position=learned: channels of each position vector
     project_tokens: bool = True  # map features to model.input_channels; false: feed them as they are
+    # Per-channel normalisation inside the model, (image - mean) / std, e.g. ImageNet's for converted DeepMind
+    # weights; empty = images go in as they are ([0, 1] from the DataModules and `make_batch`).
+    pixel_mean: list[float] = field(default_factory=list)
+    pixel_std: list[float] = field(default_factory=list)
     decoder_qk_channels: int | None = None  # None = query_channels
     decoder_v_channels: int | None = None  # None = the query/key width
+
+
+class NormalizedImageAdapter(TokenAdapter):
+    """`TokenAdapter` of images normalised per channel first (nothing stored: the statistics are options)."""
+
+    def __init__(self, preprocessor: nn.Module, channels: int, project: bool, mean: list[float], std: list[float]):
+        super().__init__(preprocessor, channels, project=project)
+        self.register_buffer("mean", torch.tensor(mean or [0.0]), persistent=False)
+        self.register_buffer("std", torch.tensor(std or [1.0]), persistent=False)
+
+    def forward(self, batch: Batch) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        images = batch[self.key]  # (B, H, W, C)
+        return super().forward({**batch, self.key: (images - self.mean) / self.std})
 
 
 class ImageClassificationTask(ClassificationTask):
@@ -69,8 +86,12 @@ class ImageClassificationTask(ClassificationTask):
         raise ValueError(f"task {self.name!r} option prep={o.prep!r} is unknown; choose one of {', '.join(PREPS)}")
 
     def build_adapter(self) -> nn.Module:
-        return TokenAdapter(self.build_preprocessor(), self.encoder.input_channels,
-                            project=self.options.project_tokens)
+        o = self.options
+        if len(o.pixel_mean) != len(o.pixel_std) or o.pixel_mean and len(o.pixel_mean) != o.channels:
+            raise ValueError(f"task {self.name!r}: pixel_mean and pixel_std need one value per channel ({o.channels}), "
+                             f"got {o.pixel_mean} and {o.pixel_std}")
+        return NormalizedImageAdapter(self.build_preprocessor(), self.encoder.input_channels, o.project_tokens,
+                                      o.pixel_mean, o.pixel_std)
 
     def decoder_config(self):  # noqa: ANN201
         config = super().decoder_config()

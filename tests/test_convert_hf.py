@@ -81,9 +81,10 @@ def test_image_classifier_logits_match(tmp_path, architecture, size, channels):
     extra = [] if "Learned" in architecture else ["--image-size", str(size), str(size)]
     ours, config = converted(tmp_path / "hf", tmp_path, *extra)
     assert config.model.input_channels == channels and config.tasks["imagenet"].plugin == "image_classification"
-    images = torch.rand(2, size, size, 3, generator=torch.Generator().manual_seed(3))  # ours: (B, H, W, C)
+    images = torch.rand(2, size, size, 3, generator=torch.Generator().manual_seed(3))  # ours: (B, H, W, C) in [0, 1]
+    normalised = (images - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
     with torch.no_grad():
-        expected = hf(inputs=images.permute(0, 3, 1, 2)).logits  # HF: (B, C, H, W)
+        expected = hf(inputs=normalised.permute(0, 3, 1, 2)).logits  # HF: (B, C, H, W), as its image processor gives
         got = ours("imagenet", {"inputs": images})
     assert got.shape == expected.shape == (2, 5)
     assert (got - expected).abs().max() < TOLERANCE
@@ -113,3 +114,21 @@ def test_missing_source_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cannot read a transformers config from") and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_language_perceiver_example_config_describes_the_converted_encoder_and_tasks():
+    """configs/from_language_perceiver.yaml must build what the converter writes for DeepMind's language Perceiver
+    (HF's conversion of it sets qk_channels=256, v_channels=1280 on the default config), or init_from would
+    silently start its encoder fresh."""
+    from helpers import REPO
+    from perceiver_mt.config import load_config
+    from perceiver_mt.convert.hf_layers import encoder_config
+    from perceiver_mt.convert.hf_text import MLM_DECODER_HEADS
+
+    config = load_config(REPO / "configs" / "from_language_perceiver.yaml")
+    language = transformers.PerceiverConfig(qk_channels=8 * 32, v_channels=1280)
+    expected = encoder_config(language, language.d_model)
+    assert {key: getattr(config.model, key) for key in expected} == expected
+    mlm = config.tasks["pydoc_mlm"].options
+    assert (mlm["seq_len"], mlm["decoder_heads"], mlm["query_channels"]) == (2048, MLM_DECODER_HEADS, 768)
+    assert config.init_map == {"pydoc_mlm": "mlm", "languages": "mlm"}

@@ -15,7 +15,7 @@ from perceiver_mt.system import MultiTaskSystem
 
 @pytest.fixture(scope="module")
 def predictor() -> Predictor:
-    return Predictor(MultiTaskSystem.from_config(load_config(DEBUG_CONFIG, ["logger.kind=none"])))
+    return Predictor.from_system(MultiTaskSystem.from_config(load_config(DEBUG_CONFIG, ["logger.kind=none"])))
 
 
 DIGITS = "task 'digits' takes 8x8 images of intensities 0..16, shaped (B, 8, 8), (B, 64), (8, 8) or (64,); got"

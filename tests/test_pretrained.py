@@ -42,3 +42,36 @@ def test_weights_of_another_shape_are_one_line(debug_config, tmp_path):
     with pytest.raises(ConfigError, match=r"do not fit the model its config builds: encoder.latents is \(8, 32\) "
                                           r"there but \(9, 32\) in this model"):
         from_pretrained(folder)
+
+
+@pytest.mark.slow
+def test_a_training_checkpoint_exports_to_a_folder_the_predictor_serves_alike(tmp_path):
+    """Trained, exported with the command line, served without the training config: the same outputs."""
+    from helpers import DEBUG_CONFIG
+    from perceiver_mt.config import load_config
+    from perceiver_mt.convert.__main__ import main as convert_main
+    from perceiver_mt.inference import Predictor
+    from perceiver_mt.run import train
+
+    config = load_config(DEBUG_CONFIG, [f"output_dir={tmp_path / 'run'}", "logger.kind=none", "trainer.max_steps=3",
+                                        "test=false"])
+    train(config)
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert convert_main(["checkpoint", str(checkpoint), "--out", str(tmp_path / "exported")]) == 0
+    trained, served = Predictor.from_checkpoint(checkpoint), Predictor.from_pretrained(tmp_path / "exported")
+    assert served.tasks == trained.tasks == ["digits", "pydoc_mlm"]
+    images = torch.rand(4, 8, 8) * 16
+    assert torch.equal(served.outputs("digits", images), trained.outputs("digits", images))
+    assert torch.equal(served.predict("pydoc_mlm", "def f(x): ret\u2588rn x"),
+                       trained.predict("pydoc_mlm", "def f(x): ret\u2588rn x"))
+
+
+def test_pushing_without_a_token_is_one_line(debug_config, tmp_path, monkeypatch, capsys):
+    from perceiver_mt.convert.__main__ import main as convert_main
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no stored login either
+    folder = save_pretrained(debug_model(debug_config), debug_config, tmp_path / "saved")
+    assert convert_main(["push", str(folder), "--repo", "someone/perceiver"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: pushing to the hub needs a token: set HF_TOKEN or run "
+                                               "`huggingface-cli login`")

@@ -18,6 +18,8 @@ import torch
 
 from perceiver_mt.convert.hf_layers import ConversionError, StateMapper, copy_decoder_layer, copy_encoder, encoder_config
 
+# HF's PerceiverImageProcessor normalises with ImageNet's statistics; the converted task does it inside the model.
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 DEFAULT_IMAGE_SIZE = (224, 224)  # the Fourier and conv variants take any size; DeepMind's weights saw 224 x 224
 FOURIER_BANDS = 64
 PREPROCESSOR = "perceiver.input_preprocessor"
@@ -33,7 +35,7 @@ def _classifier(mapper: StateMapper, config: Any, task: str) -> dict[str, Any]:
     value = mapper.hf_state[f"{DECODER}.decoding_cross_attention.attention.self.value.weight"]
     labels = getattr(config, "id2label", None) or {}
     names = [str(labels[i]) for i in sorted(labels)] if len(labels) == config.num_labels else []
-    return {"query_channels": query.shape[1], "decoder_heads": 1, "decoder_qk_channels": query.shape[0],
+    return {"pixel_mean": IMAGENET_MEAN, "pixel_std": IMAGENET_STD, "query_channels": query.shape[1], "decoder_heads": 1, "decoder_qk_channels": query.shape[0],
             "decoder_v_channels": value.shape[0], "num_classes": config.num_labels, "class_names": names}
 
 
