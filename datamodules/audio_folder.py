@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from datamodules.class_folders import find_class_files, split_per_class
 from perceiver_mt.data import InMemoryDataModule
 from perceiver_mt.modalities.audio import fit_length, load_audio, resample
 
@@ -63,21 +64,6 @@ class ClipDataset(Dataset):
                 "target": self.labels[i], "index": self.ids[i]}
 
 
-def split_per_class(labels: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
-    """Indices of each split: every class divided in the same proportions, in a seeded order."""
-    rng = np.random.default_rng(seed)
-    parts: dict[str, list[int]] = {split: [] for split in [*fractions, "train"]}
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        start = 0
-        for split, fraction in fractions.items():
-            count = int(round(fraction * len(members)))
-            parts[split] += members[start:start + count].tolist()
-            start += count
-        parts["train"] += members[start:].tolist()
-    return {split: np.sort(np.asarray(ids, dtype=np.int64)) for split, ids in parts.items()}
-
-
 class AudioFolderDataModule(InMemoryDataModule):
     def __init__(self, root: str = "", classes: list[str] | None = None, sample_rate: int = 16000,
                  num_samples: int = 16000, batch_size: int = 32, val_fraction: float = 0.15,
@@ -95,23 +81,7 @@ class AudioFolderDataModule(InMemoryDataModule):
         self.mono = mono  # False keeps every channel: only for tasks that take multi-channel audio
 
     def find_files(self) -> tuple[list[Path], np.ndarray]:
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"audio folder {str(self.root)!r} does not exist (set data.root)")
-        folders = sorted(p.name for p in self.root.iterdir() if p.is_dir())
-        classes = self.classes or folders
-        missing = [c for c in classes if c not in folders]
-        if missing:
-            raise ValueError(f"audio folder {str(self.root)!r} has no folder for class(es) {', '.join(missing)}; "
-                             f"it has: {', '.join(folders) or 'none'}")
-        extensions = audio_extensions()
-        files, labels = [], []
-        for label, name in enumerate(classes):
-            found = sorted(p for p in (self.root / name).rglob("*") if p.suffix.lower() in extensions)
-            files += found
-            labels += [label] * len(found)
-        if not files:
-            raise ValueError(f"no audio files under {str(self.root)!r} (looked for {', '.join(sorted(extensions))})")
-        return files, np.asarray(labels)
+        return find_class_files(self.root, self.classes, audio_extensions(), "audio")
 
     def build_splits(self) -> dict[str, Dataset]:
         files, labels = self.find_files()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.audio_folder import split_per_class
+from datamodules.class_folders import split_per_class
 from perceiver_mt.data import InMemoryDataModule
 from perceiver_mt.modalities.text import PAD_ID
 from perceiver_mt.packaged_data import debian_path

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from datamodules.audio_folder import ClipDataset, split_per_class
+from datamodules.audio_folder import ClipDataset
+from datamodules.class_folders import split_per_class
 from perceiver_mt.data import InMemoryDataModule
 from perceiver_mt.modalities.audio import load_audio
 from perceiver_mt.packaged_data import debian_path

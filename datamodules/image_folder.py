@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.audio_folder import split_per_class
+from datamodules.class_folders import find_class_files, split_per_class
 from perceiver_mt.data import InMemoryDataModule
 
 
@@ -67,26 +67,7 @@ class ImageFolderDataModule(InMemoryDataModule):
         self.split_seed = split_seed
 
     def find_files(self) -> tuple[list[Path], np.ndarray]:
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder {str(self.root)!r} does not exist (set data.root)")
-        folders = sorted(p.name for p in self.root.iterdir() if p.is_dir())
-        classes = self.classes or folders
-        missing = [c for c in classes if c not in folders]
-        if missing:
-            raise ValueError(f"image folder {str(self.root)!r} has no folder for class(es) {', '.join(missing)}; "
-                             f"it has: {', '.join(folders) or 'none'}")
-        if self.num_classes is not None and len(classes) > self.num_classes:
-            raise ValueError(f"image folder {str(self.root)!r} has {len(classes)} classes but the task takes "
-                             f"{self.num_classes}: set the task's options.class_names or num_classes")
-        extensions = image_extensions()
-        files, labels = [], []
-        for label, name in enumerate(classes):
-            found = sorted(p for p in (self.root / name).rglob("*") if p.suffix.lower() in extensions)
-            files += found
-            labels += [label] * len(found)
-        if not files:
-            raise ValueError(f"no image files under {str(self.root)!r}")
-        return files, np.asarray(labels)
+        return find_class_files(self.root, self.classes, image_extensions(), "image", self.num_classes)
 
     def build_splits(self) -> dict[str, Dataset]:
         files, labels = self.find_files()
