@@ -3,6 +3,7 @@
     predictor = Predictor.from_checkpoint("runs/default/checkpoints/last.ckpt")
     predictor.predict("digits", images)               # (B, 8, 8) 0..16 intensities -> (B,) labels
     predictor.predict("pydoc_mlm", ["def f(x): ret\u2588rn x"])  # -> (B, seq_len) predicted bytes
+    predictor.predict("optical_flow", frame1, frame2)  # (H, W, 3) uint8 each -> (H, W, 2) flow in pixels
 """
 
 from __future__ import annotations
@@ -33,14 +34,15 @@ class Predictor:
         return self.system.task_plugins[task]
 
     @torch.no_grad()
-    def outputs(self, task: str, raw: Any) -> torch.Tensor:
-        """Raw model outputs (e.g. logits) for `raw` inputs in the task's documented format."""
+    def outputs(self, task: str, *raw: Any) -> torch.Tensor:
+        """Raw model outputs (e.g. logits) for `raw` inputs in the task's documented format (tasks that take
+        several inputs, e.g. two frames, take them as separate arguments)."""
         plugin = self._plugin(task)
-        batch = plugin.make_batch(raw)
+        batch = plugin.make_batch(*raw)
         plugin.check_batch(batch)
         batch = {k: v.to(self.system.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         return self.system(task, batch)
 
-    def predict(self, task: str, raw: Any) -> torch.Tensor:
-        """Predictions (e.g. class labels, bytes) for `raw` inputs."""
-        return self._plugin(task).predict(self.outputs(task, raw))
+    def predict(self, task: str, *raw: Any) -> torch.Tensor:
+        """Predictions (e.g. class labels, bytes, a flow field) for `raw` inputs."""
+        return self._plugin(task).predict(self.outputs(task, *raw))
