@@ -25,6 +25,7 @@ from perceiver_mt.data import InMemoryDataModule
 CLIP = OPENCV_SAMPLES / "Megamind.avi"
 SAMPLE_RATE = 48_000
 TRAIN_FRACTION = 0.8
+QUERY_INDEX = "query_index"  # the outputs a training step decodes, per modality (the task reads it)
 
 
 @dataclass
@@ -87,11 +88,23 @@ def window_starts(clip: Clip, split: str, frames: int, eval_stride: int) -> list
 
 
 class ClipWindows(Dataset):
-    def __init__(self, clip: Clip, starts: list[int], frames: int):
+    """Windows of `frames` frames from `starts`. With `query_counts` ({"video": n, "audio": m}, training) each
+    also carries `query_index`: n pixels and m audio patches drawn from rng (seed, epoch, start), which the
+    task decodes instead of all of them (subsampled decoding)."""
+
+    def __init__(self, clip: Clip, starts: list[int], frames: int, audio_samples: int,
+                 query_counts: dict[str, int] | None = None, samples_per_patch: int = 16, seed: int = 0):
         self.clip = clip
         self.starts = starts
         self.frames = frames
-        self.audio_samples = round(frames * SAMPLE_RATE / clip.fps)
+        self.audio_samples = audio_samples
+        self.query_counts = query_counts or {}
+        self.samples_per_patch = samples_per_patch
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -101,21 +114,37 @@ class ClipWindows(Dataset):
         first_sample = self.clip.samples_at(start)
         audio = self.clip.audio[first_sample:first_sample + self.audio_samples]
         audio = np.pad(audio, (0, self.audio_samples - len(audio)))  # the audio ends 1/30 s before the video
-        return {"inputs": {"video": torch.from_numpy(self.clip.video[start:start + self.frames]),
-                           "audio": torch.from_numpy(audio)},
-                "index": torch.tensor(start, dtype=torch.long)}
+        video = self.clip.video[start:start + self.frames]
+        sample = {"inputs": {"video": torch.from_numpy(video), "audio": torch.from_numpy(audio)},
+                  "index": torch.tensor(start, dtype=torch.long)}
+        totals = {"video": video.shape[0] * video.shape[1] * video.shape[2],
+                  "audio": self.audio_samples // self.samples_per_patch}
+        if any(0 < self.query_counts.get(m, 0) < n for m, n in totals.items()):
+            rng = np.random.default_rng((self.seed, self.epoch, start))
+            sample[QUERY_INDEX] = {m: torch.from_numpy(np.sort(rng.choice(n, min(self.query_counts.get(m) or n, n),
+                                                                          replace=False)))
+                                   for m, n in totals.items()}
+        return sample
 
 
 class MegamindDataModule(InMemoryDataModule):
     def __init__(self, batch_size: int = 8, frames: int = 8, image_size: tuple[int, int] = (48, 64),
-                 eval_stride: int = 2, path: str = str(CLIP), seed: int = 0, num_workers: int = 0):
+                 eval_stride: int = 2, samples_per_frame: int = 2002, train_video_queries: int = 0,
+                 train_audio_queries: int = 0, samples_per_patch: int = 16, path: str = str(CLIP), seed: int = 0,
+                 num_workers: int = 0):
         super().__init__(batch_size, seed, num_workers)
         self.frames = frames  # video frames per window (audio: the same span, 2002 samples per frame)
         self.image_size = tuple(image_size)  # (H, W) the frames are resized to
         self.eval_stride = eval_stride  # frames between evaluation windows
         self.path = path
+        self.audio_samples = frames * samples_per_frame  # per window
+        # Outputs decoded per training window (0 = all); set from the task's options.
+        self.query_counts = {"video": train_video_queries, "audio": train_audio_queries}
+        self.samples_per_patch = samples_per_patch
 
     def build_splits(self) -> dict[str, Dataset]:
         clip = load_clip(self.path, self.image_size)
-        return {split: ClipWindows(clip, window_starts(clip, split, self.frames, self.eval_stride), self.frames)
+        return {split: ClipWindows(clip, window_starts(clip, split, self.frames, self.eval_stride), self.frames,
+                                   self.audio_samples, self.query_counts if split == "train" else None,
+                                   self.samples_per_patch, self.seed)
                 for split in ("train", "val", "test")}
