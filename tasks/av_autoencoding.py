@@ -115,6 +115,17 @@ class AVAutoencodingTask(Task):
     default_data = "megamind"
     shard_fields = {"inputs.video": "uint8", "inputs.audio": "float32", "index": "int64"}
 
+    def __init__(self, name: str, options: AVAutoencodingOptions, encoder: Any):
+        super().__init__(name, options, encoder)
+        o = options
+        H, W = o.image_size
+        if o.audio_samples % o.samples_per_patch:
+            raise ValueError(f"task {name!r}: {o.frames} frames of {o.samples_per_frame} audio samples do not split "
+                             f"into patches of {o.samples_per_patch}; change frames or samples_per_patch")
+        if H % o.patch_size or W % o.patch_size or o.frames % o.temporal_patch:
+            raise ValueError(f"task {name!r}: {o.frames} x {H} x {W} video does not split into {o.temporal_patch} x "
+                             f"{o.patch_size} x {o.patch_size} patches")
+
     def build_adapter(self) -> nn.Module:
         return AVInputs(self.options, self.encoder.input_channels)
 
