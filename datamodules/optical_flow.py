@@ -84,13 +84,17 @@ def real_scenes(image_size: tuple[int, int]) -> dict[str, FlowPair]:
 class OpticalFlowDataModule(InMemoryDataModule):
     def __init__(self, batch_size: int = 8, image_size: tuple[int, int] = (64, 96), train_samples: int = 4096,
                  val_samples: int = 64, test_samples: int = 128, num_objects: int = 1, max_translation: float = 6.0,
+                 max_rotation: float = 6.0, max_scale: float = 0.08, zoom: tuple[float, float] = (1.0, 3.0),
                  train_queries: int = 0, seed: int = 0, num_workers: int = 0):
         super().__init__(batch_size, seed, num_workers)
         self.image_size = tuple(image_size)  # (H, W) of every frame; the task's image_size must match
         self.train_samples = train_samples  # pairs per epoch (new ones every epoch)
         self.sizes = {"val": val_samples, "test": test_samples}
         self.train_queries = train_queries  # pixels decoded per training pair; 0 = all (set by the task)
-        self.render_options = {"num_objects": num_objects, "motion": MotionRange(translation=max_translation)}
+        # Each layer moves by up to max_translation pixels, max_rotation degrees and 1 +- max_scale zoom; frames show
+        # `zoom` photo pixels per frame pixel (more = sharper, more detailed views).
+        self.render_options = {"num_objects": num_objects, "zoom": tuple(zoom),
+                               "motion": MotionRange(translation=max_translation, rotation=max_rotation, scale=max_scale)}
 
     def build_splits(self) -> dict[str, Dataset]:
         splits: dict[str, Dataset] = {

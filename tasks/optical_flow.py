@@ -41,6 +41,9 @@ class OpticalFlowOptions:
     num_bands: int = 64  # Fourier bands per axis (DeepMind: 64 -> 322 channels in all)
     max_resolution: list[int] | None = None  # Fourier frequencies up to this / 2; None = image_size
     decoder_heads: int = 1
+    # Add each pixel's query (its own patch features) back after the decoder's attention, so the decoder's MLP
+    # sees the pixel's appearance directly, not only through where it attends (DeepMind: off).
+    query_residual: bool = False
     output_scale: float = 100.0  # decoder output / this = flow in pixels (DeepMind: 100)
     train_queries: int = 1024  # pixels decoded per training pair (subsampled decoding); 0 = all
 
@@ -146,7 +149,7 @@ class OpticalFlowTask(Task):
     def decoder_config(self) -> DecoderConfig:
         latent = self.encoder.latent_channels
         return DecoderConfig(query_channels=self.features().num_channels, num_heads=self.options.decoder_heads,
-                             qk_channels=latent, v_channels=latent, query_residual=False)
+                             qk_channels=latent, v_channels=latent, query_residual=self.options.query_residual)
 
     def build_head(self) -> nn.Module:
         return FlowHead(self.features().num_channels, self.options.output_scale)
