@@ -77,3 +77,23 @@ def test_both_tasks_train_together_from_shards(shards, tmp_path):
     metrics = train(config)
     assert metrics["optical_flow"]["val/epe"] > 0 and metrics["optical_flow"]["val/zero_flow_epe"] > 0
     assert {"val/psnr_video", "val/psnr_audio", "val/baseline_psnr_video"} <= set(metrics["av_autoencoding"])
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_each_task_trains_alone_and_its_checkpoint_predicts(tmp_path, name):
+    from perceiver_mt.inference import Predictor
+
+    config = load_config(MEDIA_CONFIG, [f"output_dir={tmp_path}", "logger.kind=csv", "trainer.max_steps=8",
+                                        "trainer.val_check_interval=8", "logger.media_every_n_steps=0"])
+    config.tasks = {name: config.tasks[name]}
+    metrics = train(config)[name]
+    assert all(torch.isfinite(torch.tensor(value)) for value in metrics.values()), metrics
+    predictor = Predictor.from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    if name == "optical_flow":
+        frames = torch.randint(0, 256, (2, 16, 24, 3), dtype=torch.uint8).numpy()
+        assert predictor.predict(name, frames[0], frames[1]).shape == (16, 24, 2)
+    else:
+        rebuilt = predictor.predict(name, torch.zeros(2, 16, 24, 3, dtype=torch.uint8).numpy(), torch.zeros(4004).numpy())
+        assert rebuilt["video"].shape == (2, 16, 24, 3)
+    media = list((tmp_path / "media").rglob("*.png"))  # the task's pictures from validation, as files
+    assert media, f"no media under {tmp_path / 'media'}"
