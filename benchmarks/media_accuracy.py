@@ -44,13 +44,12 @@ def flow_figures(predictor: Predictor, task: str, test_pairs: int) -> dict[str, 
         print("graf: skipped (Debian opencv-doc is not installed: apt-get install opencv-doc)")
     figures = {}
     for name, pairs in scenes.items():
-        errors = {"model": [], "zero": [], "farneback": []}
-        for pair in pairs:
-            flow = predictor.predict(task, pair.frames[0], pair.frames[1]).numpy()
-            errors["model"].append(end_point_error(flow, pair.flow, pair.valid))
-            errors["zero"].append(end_point_error(np.zeros_like(pair.flow), pair.flow, pair.valid))
-            errors["farneback"].append(end_point_error(farneback_flow(pair.frames), pair.flow, pair.valid))
-        figures[name] = {k: float(np.mean(v)) for k, v in errors.items()}
+        flows = {"model": [predictor.predict(task, p.frames[0], p.frames[1]).numpy() for p in pairs],
+                 "zero": [np.zeros_like(p.flow) for p in pairs],
+                 "farneback": [farneback_flow(p.frames) for p in pairs]}
+        truth, valid = np.stack([p.flow for p in pairs]), np.stack([p.valid for p in pairs])
+        # Pooled over every valid pixel of the scene's pairs, as the task's EPE metric.
+        figures[name] = {k: end_point_error(np.stack(v), truth, valid) for k, v in flows.items()}
     return figures
 
 
