@@ -69,6 +69,7 @@ def test_predictor_turns_two_frames_into_a_flow_field(system):
     torch.testing.assert_close(flow, expected)
 
 
+@pytest.mark.slow
 def test_media_shows_frame_truth_and_prediction(system):
     from datamodules.optical_flow import OpticalFlowDataModule
 
