@@ -3,6 +3,7 @@
     predictor = Predictor.from_checkpoint("runs/default/checkpoints/last.ckpt")
     predictor.predict("digits", images)               # (B, 8, 8) 0..16 intensities -> (B,) labels
     predictor.predict("pydoc_mlm", ["def f(x): ret\u2588rn x"])  # -> (B, seq_len) predicted bytes
+    predictor.predict("optical_flow", frame1, frame2)  # (H, W, 3) uint8 each -> (H, W, 2) flow in pixels
     predictor.save_pretrained("exported/")            # safetensors + resolved config
     Predictor.from_pretrained("exported/")            # the same model, without Lightning or the training config
 
@@ -80,22 +81,24 @@ class Predictor:
         return self.plugins[task]
 
     @torch.no_grad()
-    def outputs(self, task: str, raw: Any) -> torch.Tensor:
-        """Raw model outputs (e.g. logits) for `raw` inputs in the task's documented format."""
+    def outputs(self, task: str, *raw: Any) -> torch.Tensor:
+        """Raw model outputs (e.g. logits) for `raw` inputs in the task's documented format (tasks that take
+        several inputs, e.g. two frames, take them as separate arguments)."""
         plugin = self._plugin(task)
         try:
-            batch = plugin.make_batch(raw)
+            batch = plugin.make_batch(*raw)
         except (TypeError, IndexError) as error:  # a plugin's own checks raise ValueError; these are its surprises
-            raise ValueError(f"task {task!r} cannot take this input ({type(raw).__name__}): {error}") from None
+            raise ValueError(f"task {task!r} cannot take this input "
+                             f"({', '.join(type(r).__name__ for r in raw)}): {error}") from None
         if batch_size(batch) == 0:
             raise ValueError(f"task {task!r} got an empty batch: give at least one input")
         check_task_batch(plugin, batch)
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         return self.network(task, batch)
 
-    def predict(self, task: str, raw: Any) -> torch.Tensor:
-        """Predictions (e.g. class labels, bytes) for `raw` inputs."""
-        return self._plugin(task).predict(self.outputs(task, raw))
+    def predict(self, task: str, *raw: Any) -> torch.Tensor:
+        """Predictions (e.g. class labels, bytes, a flow field) for `raw` inputs."""
+        return self._plugin(task).predict(self.outputs(task, *raw))
 
 
 def batch_size(batch: dict[str, Any]) -> int | None:

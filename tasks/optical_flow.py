@@ -1,0 +1,225 @@
+"""Optical flow: two frames in, one flow vector (dx, dy) per pixel out, DeepMind's Perceiver IO flow network.
+
+Each pixel becomes one token: the 3x3 patches around it in both frames (2 x 27 values, frames in
+[-1, 1]) linearly mapped to `patch_channels` (64), followed by 2D Fourier features of its position
+(`num_bands` per axis, frequencies up to `max_resolution` / 2): 64 + 258 = 322 channels with 64 bands.
+The per-pixel output queries are those same features, so each query asks the latents about its own
+pixel's appearance and place; the decoder's output goes through a Linear to 2 channels and is divided
+by `output_scale` (100, as in the original network, so converted weights predict pixels).
+
+Training decodes a random subset of `train_queries` pixels per pair (the DataModule draws them as
+`query_index`); evaluation and inference decode every pixel. Loss and metrics are end-point errors over
+pixels with ground truth.
+
+    predictor.predict("optical_flow", frame1, frame2)   # (H, W, 3) uint8 each -> (H, W, 2) flow in pixels
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+
+from perceiver_mt.model import DecoderConfig, FourierPositionEncoding
+from perceiver_mt.task import Batch, Task
+from perceiver_mt.tracking.media import Image, Images
+from tasks.flow_metrics import EndPointError, ZeroFlowEndPointError, flow_to_rgb
+
+QUERY_INDEX = "query_index"  # (B, S) pixels decoded this step; absent = all of them
+PATCH = 3  # 3x3 patches, as DeepMind's network
+
+
+@dataclass
+class OpticalFlowOptions:
+    image_size: list[int] = field(default_factory=lambda: [64, 96])  # (H, W) of the frames; the DataModule's too
+    patch_channels: int = 64  # the patch pair's linear map (DeepMind: 64)
+    num_bands: int = 64  # Fourier bands per axis (DeepMind: 64 -> 322 channels in all)
+    max_resolution: list[int] | None = None  # Fourier frequencies up to this / 2; None = image_size
+    decoder_heads: int = 1
+    # Add each pixel's query (its own patch features) back after the decoder's attention, so the decoder's MLP
+    # sees the pixel's appearance directly, not only through where it attends (DeepMind: off).
+    query_residual: bool = False
+    output_scale: float = 100.0  # decoder output / this = flow in pixels (DeepMind: 100)
+    train_queries: int = 1024  # pixels decoded per training pair (subsampled decoding); 0 = all
+
+
+def frame_patches(frames: torch.Tensor) -> torch.Tensor:
+    """(B, 2, H, W, 3) uint8 frames -> (B, H * W, 54): both frames' 3x3 patches around each pixel.
+
+    Values in [-1, 1], zero-padded at the border (TensorFlow's SAME). Channel order (frame, row, column,
+    colour), the order of DeepMind's `extract_patches` and of Hugging Face's flow example.
+    """
+    B, T, H, W, C = frames.shape
+    x = frames.float().div(127.5).sub(1.0).permute(0, 1, 4, 2, 3).reshape(B * T, C, H, W)
+    patches = F.unfold(x, PATCH, padding=PATCH // 2)  # (B*T, C * 9, H * W), channels (colour, row, column)
+    patches = patches.view(B, T, C, PATCH * PATCH, H * W).permute(0, 4, 1, 3, 2)  # (B, HW, T, 9, C)
+    return patches.reshape(B, H * W, T * PATCH * PATCH * C)
+
+
+class FlowFeatures(nn.Module):
+    """(B, 2, H, W, 3) frames -> per-pixel features (B, H * W, patch_channels + Fourier channels)."""
+
+    def __init__(self, image_size: tuple[int, int], patch_channels: int, num_bands: int,
+                 max_resolution: tuple[int, int] | None):
+        super().__init__()
+        self.project = nn.Linear(2 * PATCH * PATCH * 3, patch_channels)
+        self.position = FourierPositionEncoding(image_size, num_bands, max_resolution)
+        self.num_channels = patch_channels + self.position.num_channels
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        content = self.project(frame_patches(frames))  # (B, M, patch_channels)
+        return torch.cat([content, self.position(len(frames)).to(content.dtype)], dim=-1)  # (B, M, C)
+
+
+class FlowAdapter(nn.Module):
+    """Pixel features -> encoder tokens, mapped to the encoder's width where it differs (322 = DeepMind's)."""
+
+    def __init__(self, features: FlowFeatures, channels: int):
+        super().__init__()
+        self.features = features
+        self.project = nn.Linear(features.num_channels, channels) if channels != features.num_channels else None
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        tokens = self.features(batch["inputs"])  # (B, M, C)
+        return tokens if self.project is None else self.project(tokens)
+
+
+class PixelQueries(nn.Module):
+    """One query per pixel: its input features (the decoded subset in training)."""
+
+    def __init__(self, features: FlowFeatures):
+        super().__init__()
+        self.features = features
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return take_queries(self.features(batch["inputs"]), batch.get(QUERY_INDEX))  # (B, S, C)
+
+
+def take_queries(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """(B, O, ...) -> (B, S, ...) at positions `index` (B, S); None = all."""
+    if index is None:
+        return x
+    return torch.gather(x, 1, index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(*index.shape, *x.shape[2:]))
+
+
+class FlowHead(nn.Module):
+    """Decoder output (B, S, C) -> flow (B, S, 2) in pixels."""
+
+    def __init__(self, channels: int, scale: float):
+        super().__init__()
+        self.linear = nn.Linear(channels, 2)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) / self.scale
+
+
+class OpticalFlowTask(Task):
+    options_class = OpticalFlowOptions
+    default_data = "optical_flow"
+    # Frames are bytes; flow stays float32 (exact); query_index only in training records.
+    shard_fields = {"inputs": "uint8", "target": "float32", "valid": "bool", "index": "int64"}
+
+    def __init__(self, name: str, options: OpticalFlowOptions, encoder: Any):
+        super().__init__(name, options, encoder)
+        self.image_size = tuple(options.image_size)
+        if len(self.image_size) != 2:
+            raise ValueError(f"task {name!r}: image_size must be [H, W], got {options.image_size}")
+        self._features: FlowFeatures | None = None
+
+    def features(self) -> FlowFeatures:
+        """The one feature module that the adapter and the queries share (built on first use)."""
+        if self._features is None:
+            o = self.options
+            resolution = tuple(o.max_resolution) if o.max_resolution else None
+            self._features = FlowFeatures(self.image_size, o.patch_channels, o.num_bands, resolution)
+        return self._features
+
+    def build_adapter(self) -> nn.Module:
+        return FlowAdapter(self.features(), self.encoder.input_channels)
+
+    def build_queries(self) -> nn.Module:
+        return PixelQueries(self.features())
+
+    def decoder_config(self) -> DecoderConfig:
+        latent = self.encoder.latent_channels
+        return DecoderConfig(query_channels=self.features().num_channels, num_heads=self.options.decoder_heads,
+                             qk_channels=latent, v_channels=latent, query_residual=self.options.query_residual)
+
+    def build_head(self) -> nn.Module:
+        return FlowHead(self.features().num_channels, self.options.output_scale)
+
+    def datamodule_defaults(self) -> dict[str, Any]:
+        return {"image_size": list(self.image_size), "train_queries": self.options.train_queries}
+
+    # --- objective ---------------------------------------------------------------------------------
+    def decoded_truth(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target flow (B, S, 2) and validity (B, S) at the decoded pixels."""
+        B = len(batch["target"])
+        index = batch.get(QUERY_INDEX)
+        target = take_queries(batch["target"].reshape(B, -1, 2), index)
+        valid = take_queries(batch["valid"].reshape(B, -1), index)
+        return target, valid
+
+    def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        target, valid = self.decoded_truth(batch)
+        errors = torch.linalg.vector_norm(outputs.float() - target, dim=-1)  # (B, S)
+        return errors[valid].sum() / valid.sum().clamp(min=1)
+
+    def loss_count(self, batch: Batch) -> torch.Tensor:
+        return self.decoded_truth(batch)[1].sum()  # a mean over valid decoded pixels
+
+    def build_metrics(self) -> MetricCollection:
+        return MetricCollection({"epe": EndPointError(), "zero_flow_epe": ZeroFlowEndPointError()})
+
+    def update_metrics(self, metrics: MetricCollection, outputs: torch.Tensor, batch: Batch) -> None:
+        target, valid = self.decoded_truth(batch)
+        metrics.update(outputs.detach(), target, valid)
+
+    # --- checks and inference ----------------------------------------------------------------------
+    def check_batch(self, batch: Batch) -> None:
+        frames = batch["inputs"]
+        H, W = self.image_size
+        if not isinstance(frames, torch.Tensor) or frames.dim() != 5 or tuple(frames.shape[1:]) != (2, H, W, 3):
+            got = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
+            raise ValueError(f"task {self.name!r} takes pairs of RGB frames of shape (B, 2, {H}, {W}, 3) "
+                             f"(two frames of {H} x {W}), got {got}")
+
+    def make_batch(self, frame1: Any, frame2: Any = None) -> Batch:
+        """Two (H, W, 3) (or (B, H, W, 3)) uint8 frames of the same size -> a batch of pairs."""
+        if frame2 is None:
+            raise ValueError(f"task {self.name!r} takes two frames: predict({self.name!r}, frame1, frame2)")
+        first, second = (torch.as_tensor(np.asarray(f)) for f in (frame1, frame2))
+        if first.shape != second.shape:
+            raise ValueError(f"task {self.name!r} takes two frames of the same size, got {tuple(first.shape)} "
+                             f"and {tuple(second.shape)}")
+        if first.dim() == 3:
+            first, second = first[None], second[None]
+        return {"inputs": torch.stack([first, second], dim=1).to(torch.uint8)}  # (B, 2, H, W, 3)
+
+    def predict(self, outputs: torch.Tensor) -> torch.Tensor:
+        flow = outputs.reshape(len(outputs), *self.image_size, 2)  # (B, H, W, 2)
+        return flow[0] if len(flow) == 1 else flow
+
+    def log_media(self, outputs: torch.Tensor, batch: Batch, max_pairs: int = 4) -> dict[str, Any]:
+        """Per pair: frame 1, the true flow and the predicted one as colour wheels (same brightness scale)."""
+        if QUERY_INDEX in batch:
+            return {}  # a training batch decodes only some pixels: nothing to draw
+        H, W = self.image_size
+        predicted = outputs.detach().float().cpu().reshape(-1, H, W, 2).numpy()
+        truth = batch["target"].cpu().numpy()
+        valid = batch["valid"].cpu().numpy()
+        pictures = []
+        for i in range(min(max_pairs, len(predicted))):
+            top = float(np.linalg.norm(truth[i], axis=-1).max())
+            shown_truth = flow_to_rgb(truth[i], top) * valid[i][..., None]
+            epe = float(np.linalg.norm(predicted[i] - truth[i], axis=-1)[valid[i]].mean())
+            pictures += [Image(batch["inputs"][i, 0].cpu().numpy(), caption=f"pair {i}: frame 1"),
+                         Image(shown_truth.astype(np.uint8), caption="true flow (black: unknown)"),
+                         Image(flow_to_rgb(predicted[i], top), caption=f"predicted, EPE {epe:.2f} px")]
+        return {"flow": Images(pictures)}

@@ -1,0 +1,111 @@
+"""Audio-video autoencoding: Megamind.avi decoded for real, windows that keep evaluation unseen, PSNR
+against a direct computation, subsampled decoding equal to full decoding, one-line errors, prediction."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules.megamind import CLIP, SAMPLE_RATE, MegamindDataModule, load_clip, window_starts
+from perceiver_mt.config import load_config
+from perceiver_mt.inference import Predictor
+from perceiver_mt.system import MultiTaskSystem
+from tasks.av_parts import MeanPredictionPSNR, ReconstructionPSNR
+
+from helpers import REPO
+
+needs_clip = pytest.mark.skipif(not CLIP.is_file(), reason="Debian opencv-doc is not installed "
+                                                           "(apt-get install opencv-doc): no Megamind.avi")
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory) -> MultiTaskSystem:
+    torch.manual_seed(0)
+    config = load_config(REPO / "configs" / "debug_media.yaml",
+                         [f"output_dir={tmp_path_factory.mktemp('run')}", "logger.kind=none"])
+    return MultiTaskSystem.from_config(config).eval()
+
+
+def window(batch: int = 2, seed: int = 0) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    return {"inputs": {"video": torch.randint(0, 256, (batch, 2, 16, 24, 3), generator=generator, dtype=torch.uint8),
+                       "audio": torch.randn(batch, 2 * 2002, generator=generator) * 0.05}}
+
+
+@needs_clip
+@pytest.mark.slow
+def test_megamind_decodes_video_and_audio_on_one_timeline():
+    clip = load_clip(CLIP, (48, 64))
+    assert clip.video.shape == (270, 48, 64, 3) and clip.video.dtype == np.uint8
+    assert clip.fps == pytest.approx(23.976, abs=1e-3)
+    assert len(clip.audio) == round(270 * SAMPLE_RATE / clip.fps)  # 11.26 s: the length of the video
+    assert 0.01 < clip.audio[SAMPLE_RATE:].std() < 0.1  # real sound, not silence or clipping
+    starts = {split: window_starts(clip, split, 8, 2) for split in ("train", "val", "test")}
+    assert max(starts["train"]) + 8 <= 216 <= min(starts["val"])  # training never sees the last 20%
+    assert max(starts["val"]) + 8 <= min(starts["test"]) and max(starts["test"]) + 8 <= 270
+    datamodule = MegamindDataModule(frames=8, train_video_queries=100, train_audio_queries=10)
+    datamodule.setup("fit")
+    sample = datamodule.datasets["train"][5]
+    assert sample["inputs"]["video"].shape == (8, 48, 64, 3) and sample["inputs"]["audio"].shape == (8 * 2002,)
+    np.testing.assert_array_equal(sample["inputs"]["audio"].numpy(), clip.audio[round(5 * 2002.002):][:16016])
+    assert sample["query_index"]["video"].shape == (100,) and sample["query_index"]["audio"].shape == (10,)
+    assert "query_index" not in datamodule.datasets["val"][0]
+
+
+def test_psnr_metrics_match_a_direct_computation():
+    generator = torch.Generator().manual_seed(0)
+    target = torch.rand(4, 50, 3, generator=generator)
+    preds = target + 0.1 * torch.randn(4, 50, 3, generator=generator)
+    psnr, baseline = ReconstructionPSNR(), MeanPredictionPSNR(channels=3)
+    for part in range(2):  # two batches: states accumulate
+        psnr.update(preds[2 * part:2 * part + 2], target[2 * part:2 * part + 2])
+        baseline.update(preds[2 * part:2 * part + 2], target[2 * part:2 * part + 2])
+    mse = ((preds - target) ** 2).mean().item()
+    assert psnr.compute().item() == pytest.approx(10 * math.log10(1 / mse), rel=1e-5)
+    constant = target.reshape(-1, 3).mean(0)  # the best constant per channel
+    assert baseline.compute().item() == pytest.approx(10 * math.log10(1 / ((target - constant) ** 2).mean().item()),
+                                                      rel=1e-5)
+
+
+def test_subsampled_decoding_equals_full_decoding(system):
+    batch = window()
+    index = {"audio": torch.tensor([[0, 5, 181], [1, 2, 3]]), "video": torch.tensor([[0, 100, 767], [4, 5, 6]])}
+    with torch.no_grad():
+        full = system("av_autoencoding", batch)
+        sampled = system("av_autoencoding", {**batch, "query_index": index})
+    audio_queries = 2 * 2002 // 22
+    assert full.shape == (2, audio_queries + 2 * 16 * 24, 22 + 3)
+    expected = torch.cat([torch.gather(full, 1, index["audio"][..., None].expand(-1, -1, 25)),
+                          torch.gather(full, 1, (audio_queries + index["video"])[..., None].expand(-1, -1, 25))], dim=1)
+    torch.testing.assert_close(sampled, expected, rtol=0, atol=1e-5)
+
+
+def test_bad_input_is_one_line_naming_the_task_and_what_it_takes(system):
+    task = system.task_plugins["av_autoencoding"]
+    batch = window()
+    odd = {"inputs": {**batch["inputs"], "video": batch["inputs"]["video"][:, :1]}}
+    with pytest.raises(ValueError, match=r"^task 'av_autoencoding' takes windows of 2 frames .*got 1$"):
+        task.check_batch(odd)
+    resampled = {"inputs": {**batch["inputs"], "audio": torch.zeros(2, 2 * 1839)}}  # 44.1 kHz
+    with pytest.raises(ValueError, match=r"takes mono audio at 48000 Hz, 2002 samples per frame: \(B, 4004\)"):
+        task.check_batch(resampled)
+    with pytest.raises(ValueError, match=r"^task 'av_autoencoding' takes audio at 48000 Hz, got 44100 Hz"):
+        task.make_batch(np.zeros((2, 16, 24, 3), np.uint8), np.zeros(4004, np.float32), sample_rate=44100)
+    with pytest.raises(ValueError, match=r"takes inputs \{'video', 'audio'\}, got \['video'\]"):
+        task.check_batch({"inputs": {"video": batch["inputs"]["video"]}})
+
+
+def test_predictor_reconstructs_both_modalities_and_media_shows_them(system):
+    inputs = window(1)["inputs"]
+    rebuilt = Predictor.from_system(system).predict("av_autoencoding", inputs["video"][0].numpy(), inputs["audio"][0].numpy())
+    assert rebuilt["video"].shape == (2, 16, 24, 3) and rebuilt["video"].dtype == torch.uint8
+    assert rebuilt["audio"].shape == (4004,)
+    task = system.task_plugins["av_autoencoding"]
+    batch = window(2)
+    with torch.no_grad():
+        media = task.log_media(system("av_autoencoding", batch), batch)
+    assert len(media["frames"].images) == 4 and media["audio_rebuilt"].sample_rate == 48000
+    assert media["audio_rebuilt"].samples.shape == (4004,)
