@@ -81,9 +81,7 @@ def build_ours(
     model, run = (build_flow_model(c), flow) if isinstance(c, FlowConfig) else (build_classifier_model(c), classify)
     apply_speedups(model, speed)
     if checkpointing or compile:
-        # Imported only here: the parallel layer loads Lightning, ~0.18 GB of resident memory that the
-        # plain variants do not pay (and no other implementation does).
-        from perceiver_mt.parallel import ParallelConfig, parallelize
+        from perceiver_mt.parallelize import ParallelConfig, parallelize  # the model transforms, without Lightning
 
         parallelize(model, ParallelConfig(activation_checkpointing=checkpointing,
                                           compile="latent_layers" if compile else "none"))

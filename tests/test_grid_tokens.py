@@ -10,7 +10,7 @@ import torch
 
 from perceiver_mt.model import ConcatFourierPositions, DecoderConfig, EncoderConfig, PerceiverDecoder, PerceiverEncoder
 from perceiver_mt.model.attention import CrossAttentionLayer
-from perceiver_mt.parallel import apply_activation_checkpointing
+from perceiver_mt.parallelize import apply_activation_checkpointing
 from perceiver_mt.speed import SpeedConfig, apply_speedups
 from perceiver_mt.speed.attention import GRID_KEYS
 from perceiver_mt.speed.grid_tokens import GridFourierPositions, GridTokens

@@ -20,7 +20,7 @@ from perceiver_mt.model import (
 )
 from perceiver_mt.model.attention import MultiHeadAttention
 from perceiver_mt.model.init import fan_in_init_
-from perceiver_mt.parallel import ParallelConfig, parallelize
+from perceiver_mt.parallelize import ParallelConfig, parallelize
 from perceiver_mt.speed import SpeedConfig, apply_speedups, swap_modules
 from perceiver_mt.speed.attention import FastAttention
 from perceiver_mt.speed.kernels import cuda_attention_kernel
