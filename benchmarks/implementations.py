@@ -81,9 +81,7 @@ def build_ours(
     model, run = (build_flow_model(c), flow) if isinstance(c, FlowConfig) else (build_classifier_model(c), classify)
     apply_speedups(model, speed)
     if checkpointing or compile:
-        # Imported only here: the parallel layer loads Lightning, ~0.18 GB of resident memory that the
-        # plain variants do not pay (and no other implementation does).
-        from perceiver_mt.parallel import ParallelConfig, parallelize
+        from perceiver_mt.parallelize import ParallelConfig, parallelize  # the model transforms, without Lightning
 
         parallelize(model, ParallelConfig(activation_checkpointing=checkpointing,
                                           compile="latent_layers" if compile else "none"))
@@ -206,7 +204,7 @@ def build_lucidrains(c: ClassifierConfig | FlowConfig, checkpointing: bool = Fal
 BUILDERS = {"ours": build_ours, "hf": build_hf, "krasserm": build_krasserm, "lucidrains": build_lucidrains}
 
 
-OURS_ONLY = {"chunk", "compile", "fused", "matmul", "projected", "reference"}
+OURS_ONLY = {"chunk", "compile", "fused", "matmul", "projected", "reference", "unpadded"}
 
 
 def build(implementation: str, config: ClassifierConfig | FlowConfig) -> Bench:
@@ -215,14 +213,15 @@ def build(implementation: str, config: ClassifierConfig | FlowConfig) -> Bench:
     "+compile" (torch.compile of the latent layers), "+fused" / "+matmul" (every attention through
     SDPA's fused kernels / through two GEMMs, instead of choosing per shape), "+projected" (every
     attention multiplies its projections in the order the other implementations use) and "+reference"
-    (no speedups at all: the reference model as perceiver_mt/model/ writes it)."""
+    (no speedups at all: the reference model as perceiver_mt/model/ writes it), "+unpadded" (CUDA: SDPA gets
+    head widths as they are, `speed.pad_heads=false`)."""
     name, *options = implementation.split("+")
     chosen = set(options)
-    speedups = {"chunk", "fused", "matmul", "projected"}
+    speedups = {"chunk", "fused", "matmul", "projected", "unpadded"}
     if (name not in BUILDERS or not chosen <= {"ckpt"} | OURS_ONLY or (chosen & OURS_ONLY and name != "ours")
             or {"fused", "matmul"} <= chosen or ("reference" in chosen and chosen & speedups)):
         raise ValueError(f"unknown implementation {implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}, "
-                         "optionally +ckpt, and for ours +chunk, +compile, +projected, +fused or +matmul, "
+                         "optionally +ckpt, and for ours +chunk, +compile, +projected, +fused or +matmul, +unpadded, "
                          "or +reference")
     torch.manual_seed(0)
     if name != "ours":
@@ -233,6 +232,7 @@ def build(implementation: str, config: ClassifierConfig | FlowConfig) -> Bench:
         enabled="reference" not in chosen,
         projection_order="projected" if "projected" in chosen else "cheapest",
         attention_kernel=next((o for o in options if o in ("fused", "matmul")), "auto"),
+        pad_heads="unpadded" not in chosen,
     )
     return build_ours(config, checkpointing="ckpt" in chosen, chunked="chunk" in chosen, compile="compile" in chosen,
                       speed=speed)

@@ -55,7 +55,7 @@ class MultiTaskSystem(LightningModule):
         # All scaling (activation checkpointing, compile, FSDP units, mixed precision) lives in perceiver_mt.parallel.
         if self._trainer is None:  # load_from_checkpoint calls this too: a plain single-process model then
             return
-        parallelize(self.model, self.run_config.parallel, fsdp_mesh(self.trainer.strategy))
+        parallelize(self.model, self.run_config.parallel, fsdp_mesh(self.trainer.strategy), log=rank_zero_info)
 
     def forward(self, task: str, batch: Batch) -> torch.Tensor:
         return self.model(task, batch)

@@ -64,7 +64,7 @@ def test_memory_options_do_not_change_outputs_or_gradients():
     """Config C as the benchmark builds it, plain and with the memory options on: activation checkpointing
     (parallel.py), chunks of inputs and of queries with the head per chunk (speed.*_chunk_size)."""
     from benchmarks.flow import build_flow_model, flow
-    from perceiver_mt.parallel import ParallelConfig, parallelize
+    from perceiver_mt.parallelize import ParallelConfig, parallelize
     from perceiver_mt.speed import SpeedConfig, apply_speedups
 
     c = CONFIGS["tinyC"]

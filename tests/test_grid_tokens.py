@@ -10,7 +10,7 @@ import torch
 
 from perceiver_mt.model import ConcatFourierPositions, DecoderConfig, EncoderConfig, PerceiverDecoder, PerceiverEncoder
 from perceiver_mt.model.attention import CrossAttentionLayer
-from perceiver_mt.parallel import apply_activation_checkpointing
+from perceiver_mt.parallelize import apply_activation_checkpointing
 from perceiver_mt.speed import SpeedConfig, apply_speedups
 from perceiver_mt.speed.attention import GRID_KEYS
 from perceiver_mt.speed.grid_tokens import GridFourierPositions, GridTokens
@@ -200,3 +200,60 @@ def test_a_frozen_layer_under_trainable_latents_still_passes_gradients_back():
     (want,) = torch.autograd.grad(layer(latents, tokens.materialize()).square().sum(), latents)
     assert grid.is_materialized
     torch.testing.assert_close(got, want)
+
+
+# --- the modality kit: grid features that reach the encoder as they are ----------------------------------------
+
+
+def image_classifier(prep: str, project: bool, speed: SpeedConfig):
+    """The image_classification plugin on a tiny grid, as training builds it (`build_network`)."""
+    from perceiver_mt.config import RunConfig, TaskConfig
+    from perceiver_mt.plugins import build_network, build_tasks
+
+    options = {"image_size": [12, 12], "prep": prep, "num_bands": 3, "conv_channels": 5, "num_classes": 4,
+               "query_channels": 16, "project_tokens": project}
+    features = (3 if prep == "pixels" else 5) + 2 * (2 * 3 + 1)  # [pixels or stem channels | 2D Fourier]
+    config = RunConfig(
+        model=EncoderConfig(input_channels=features if not project else 24, num_latents=6, latent_channels=16,
+                            num_cross_attention_heads=1, num_self_attention_heads=2, num_self_attends_per_block=1),
+        speed=speed, tasks={"img": TaskConfig(plugin="image_classification", options=options)},
+    )
+    torch.manual_seed(0)
+    return build_network(config, build_tasks(config))  # float32: the grid tables then equal the cached features bit for bit
+
+
+@pytest.mark.parametrize("prep", ["pixels", "conv"])
+def test_unprojected_kit_features_become_grid_tokens_and_compute_the_reference(prep):
+    """DeepMind's ImageNet front ends feed [pixels | Fourier] (or [stem | Fourier]) unprojected: the grid-token
+    speedup applies to them; inference takes the per-axis path and training expands them, both equal to the
+    reference model with the same weights."""
+    reference = image_classifier(prep, project=False, speed=SpeedConfig(enabled=False))
+    fast = image_classifier(prep, project=False, speed=SpeedConfig())
+    fast.load_state_dict(reference.state_dict())
+    adapter = fast.tasks["img"].adapter
+    images = torch.rand(3, 12, 12, 3, generator=torch.Generator().manual_seed(2))
+    batch = {"inputs": images}
+    fast.eval(), reference.eval()
+    with torch.no_grad():
+        assert isinstance(adapter(batch), GridTokens)
+        torch.testing.assert_close(fast("img", batch), reference("img", batch))
+    fast.train(), reference.train()  # batch norm of the conv stem in training mode too
+    grads = {}
+    for name, model in (("fast", fast), ("reference", reference)):
+        out = model("img", batch)
+        grads[name] = (out.detach(), torch.autograd.grad(out.square().sum(), list(model.parameters())))
+    torch.testing.assert_close(grads["fast"][0], grads["reference"][0])
+    for got, expected in zip(grads["fast"][1], grads["reference"][1]):  # float32, products in another order
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_projected_kit_features_stay_a_tensor_and_keep_their_names():
+    """Features projected to the encoder's width are no grid of [content | positions]: nothing changes there."""
+    fast = image_classifier("pixels", project=True, speed=SpeedConfig())
+    reference = image_classifier("pixels", project=True, speed=SpeedConfig(enabled=False))
+    assert not any(isinstance(m, (ConcatFourierPositions, GridFourierPositions)) for m in fast.modules())
+    assert set(fast.state_dict()) == set(reference.state_dict())
+    assert set(image_classifier("pixels", project=False, speed=SpeedConfig()).state_dict()) == set(
+        image_classifier("pixels", project=False, speed=SpeedConfig(enabled=False)).state_dict())
+    tokens = fast.tasks["img"].adapter({"inputs": torch.rand(2, 12, 12, 3)})
+    assert isinstance(tokens, torch.Tensor) and tokens.shape == (2, 144, 24)

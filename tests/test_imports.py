@@ -93,3 +93,26 @@ def test_core_imports_no_plugin_and_the_task_contract_imports_nothing_above_it()
         assert not plugins, f"{name} imports {plugins}"
     contract = {owning_module(i) for i in imported_by(MODULES["perceiver_mt.task"]) if i.startswith("perceiver_mt")}
     assert contract <= {"perceiver_mt.model.init", "perceiver_mt.model.perceiver"}, contract
+
+
+def reachable(edges: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        node = todo.pop()
+        if node not in seen:
+            seen.add(node)
+            todo += edges.get(node, ())
+    return seen
+
+
+def test_the_model_transforms_load_no_lightning():
+    """A bare loop or a benchmark applies checkpointing, compile and FSDP without Lightning's ~0.1 GB: nothing
+    `perceiver_mt.parallelize` imports, directly or through the package, imports Lightning; the parallel layer
+    that needs Lightning builds on it (one way)."""
+    edges = graph()
+    modules = reachable(edges, "perceiver_mt.parallelize")
+    assert "perceiver_mt.parallel" not in modules
+    lightning = {name: sorted(i for i in imported_by(MODULES[name]) if i.split(".")[0] in ("lightning", "pytorch_lightning"))
+                 for name in modules}
+    assert not any(lightning.values()), {name: found for name, found in lightning.items() if found}
+    assert "perceiver_mt.parallelize" in edges["perceiver_mt.parallel"]

@@ -20,10 +20,10 @@ from perceiver_mt.model import (
 )
 from perceiver_mt.model.attention import MultiHeadAttention
 from perceiver_mt.model.init import fan_in_init_
-from perceiver_mt.parallel import ParallelConfig, parallelize
+from perceiver_mt.parallelize import ParallelConfig, parallelize
 from perceiver_mt.speed import SpeedConfig, apply_speedups, swap_modules
 from perceiver_mt.speed.attention import FastAttention
-from perceiver_mt.speed.kernels import cuda_attention_kernel
+from perceiver_mt.speed.kernels import cuda_attention_kernel, fused_head_widths
 from perceiver_mt.speed.layers import ChunkedDecoder
 from perceiver_mt.system import MultiTaskSystem
 from helpers import SMALL, reference_attention
@@ -106,6 +106,7 @@ SWITCHES = {
     "matmul": SpeedConfig(attention_kernel="matmul"),
     "fused": SpeedConfig(attention_kernel="fused"),
     "no_grid_tokens": SpeedConfig(grid_tokens=False),
+    "unpadded_heads": SpeedConfig(pad_heads=False),
     "chunks": SpeedConfig(input_chunk_size=5, query_chunk_size=4),
 }
 
@@ -231,6 +232,38 @@ def test_gpu_attention_uses_two_gemms_only_where_fused_kernels_were_measured_slo
     assert kernel(1, 1, 182_528, 512, 2_048, dtype=torch.bfloat16) == "matmul"
     assert kernel(1, 1, 182_528, 512, 2_048, training=False) == "fused"
     assert kernel(1, 16, 2_048, 32, 2_048) == "fused"  # its latent self-attention
+
+
+@pytest.mark.parametrize(("qk", "v", "dtype", "widths"), [
+    (261, 261, torch.bfloat16, (264, 264)),  # DeepMind's ImageNet cross-attention: memory-efficient kernel
+    (261, 261, torch.float32, (264, 264)),
+    (323, 322, torch.bfloat16, (328, 328)),  # the flow decoder's absorbed orders, wider than flash's 256
+    (100, 60, torch.bfloat16, (104, 104)),  # flash needs one width for q, k and v
+    (100, 60, torch.float32, (104, 64)),  # no flash in fp32: aligned only
+    (128, 128, torch.bfloat16, (128, 128)),  # already fine: untouched
+])
+def test_heads_are_padded_to_widths_the_cuda_fused_kernels_take(qk, v, dtype, widths):
+    """The widths follow PyTorch's constraints (sdp_utils.cpp); the function stays the same: SDPA on the padded
+    tensors, cut back to v's width, equals SDPA on the originals, outputs and gradients (checked on CPU)."""
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 2, 5, qk, generator=g, dtype=torch.double), torch.randn(2, 2, 7, qk, generator=g, dtype=torch.double)
+    values = torch.randn(2, 2, 7, v, generator=g, dtype=torch.double)
+    padded = fused_head_widths(q.to(dtype), k.to(dtype), values.to(dtype), "cuda")
+    assert (padded[0].shape[-1], padded[2].shape[-1]) == widths and padded[1].shape[-1] == widths[0]
+    inputs = [t.clone().requires_grad_() for t in (q, k, values)]
+    mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])[:, None, None, :]
+
+    def attend(pad: bool) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        q_, k_, v_ = fused_head_widths(*inputs, "cuda") if pad else inputs
+        out = torch.nn.functional.scaled_dot_product_attention(q_, k_, v_, attn_mask=mask, scale=qk ** -0.5)[..., :v]
+        return out, torch.autograd.grad(out.square().sum(), inputs)
+
+    (out, grads), (expected, expected_grads) = attend(pad=True), attend(pad=False)
+    torch.testing.assert_close(out, expected)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want)
+    cpu = fused_head_widths(q, k, values, "cpu")  # CPU flash attention: one width for q/k and v, no alignment
+    assert cpu[0].shape[-1] == cpu[2].shape[-1] == max(qk, v)
 
 
 def test_input_chunks_change_memory_not_results():

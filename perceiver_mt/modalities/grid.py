@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from perceiver_mt.model import FourierPositionEncoding, LearnedPositionEncoding
+from perceiver_mt.model import ConcatFourierPositions, FourierPositionEncoding, LearnedPositionEncoding
 
 POSITIONS = ("fourier", "learned")
 
@@ -51,6 +51,11 @@ class GridPatches(nn.Module):
     the block grid (`num_bands` per axis, frequencies up to max_resolution / 2, default the block grid),
     or "learned" = a trainable `learned_channels` vector per block (DeepMind's trainable encoding, init
     scale 0.02).
+
+    Where the features are the encoder's tokens as they are (`TokenAdapter(project=False)` calls
+    `feed_encoder_as_is`), [content | Fourier features] are made by the reference `ConcatFourierPositions`,
+    so the grid-token speedup (`speed.grid_tokens`) can keep the position features per axis. Features that
+    are projected, padded or subsampled first are concatenated here, a plain tensor.
     """
 
     def __init__(self, grid_shape: Sequence[int], block: Sequence[int], in_channels: int = 1,
@@ -88,6 +93,29 @@ class GridPatches(nn.Module):
         return space_to_depth(x, self.block).reshape(x.shape[0], self.num_tokens, self.content_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        content = self.content(x)
+        content = self.content(x)  # (B, M, P_c)
+        if isinstance(self.position, ConcatFourierPositions):
+            return self.position(content)  # (B, M, P_c + P_p); GridTokens under speed.grid_tokens
         position = self.position(x.shape[0]).to(content.dtype)  # (B, M, P_p)
         return torch.cat([content, position], dim=-1)
+
+    def make_encoder_tokens(self) -> None:
+        """From now on the features are the encoder's tokens as they are: Fourier features are concatenated by
+        `ConcatFourierPositions` (the same encoding; its buffer is not in the state_dict, so names stay). Content
+        narrower than float32 (a conv stem's output under bf16 autocast) then meets float32 features unrounded:
+        the concatenation promotes it, as for every other grid's tokens."""
+        if isinstance(self.position, FourierPositionEncoding):
+            encoding = self.position
+            self.position = ConcatFourierPositions(encoding.index_dims, cached=encoding.cached,
+                                                   **encoding.feature_options)
+
+
+def feed_encoder_as_is(preprocessor: nn.Module) -> None:
+    """Say that `preprocessor`'s features go to the encoder as they are (`TokenAdapter(project=False)`): a
+    GridPatches (or one held as `patches` and run last, as `ConvImagePatches` and `LogMelPatches` do) then
+    makes them with `ConcatFourierPositions`, which the grid-token speedup turns into GridTokens. Only the
+    encoder and decoder take GridTokens: a preprocessor whose features are also used otherwise (by a query
+    module that subsamples them, in a multimodal concatenation) must not be passed here."""
+    patches = preprocessor if isinstance(preprocessor, GridPatches) else getattr(preprocessor, "patches", None)
+    if isinstance(patches, GridPatches):
+        patches.make_encoder_tokens()

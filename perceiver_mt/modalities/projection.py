@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from perceiver_mt.modalities.grid import feed_encoder_as_is
+
 
 class FeatureProjection(nn.Module):
     """(..., sum(groups)) -> (..., out_channels): one affine map whose channel groups start with equal shares.
@@ -69,6 +71,8 @@ class TokenAdapter(nn.Module):
         self.preprocessor = preprocessor
         self.projection = FeatureProjection(preprocessor.channel_groups, channels) if project else None
         self.key = key
+        if not project:  # grid features are then the encoder's tokens: the grid-token speedup may apply to them
+            feed_encoder_as_is(preprocessor)
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         raw = batch[self.key]

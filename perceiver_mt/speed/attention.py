@@ -3,8 +3,9 @@
 - Projection order (`absorption.py`): a cross-attention multiplies its projection weights on whichever side
   is narrower, so e.g. latents attend to 322-channel inputs whose keys and values are never made.
 - Kernel choice (`kernels.py`): PyTorch's fused kernels (SDPA) or two GEMMs and a softmax, per device and
-  shape; on CPU, query blocks folded into extra heads so that backward uses every thread, and zero channels
-  that keep CPU flash attention where the orders make q/k and v widths differ.
+  shape; on CPU, query blocks folded into extra heads so that backward uses every thread; zero channels that
+  keep SDPA on a fused kernel where head widths miss its constraints (CPU flash: q/k and v of one width;
+  CUDA, with `pad_heads`: widths in multiples of 8, one width up to 256 for flash).
 - Keys and values prepared once (`keys_values`) for any number of query chunks (`attend`); inputs walked in
   chunks with a running log-sum-exp, each recomputed in backward (`forward_in_chunks`); GridTokens attended
   per axis (`attend_to_grid`, `grid_attend`, see `grid_attention.py`).
@@ -25,7 +26,9 @@ from perceiver_mt.model.attention import MultiHeadAttention
 from perceiver_mt.speed import grid_attention
 from perceiver_mt.speed.absorption import PROJECTED, AttentionPlan, attention_plan
 from perceiver_mt.speed.grid_tokens import GridPoints, GridTokens
-from perceiver_mt.speed.kernels import attention_kernel, finite_or_zero, matmul_attention, query_groups
+from perceiver_mt.speed.kernels import (
+    attention_kernel, finite_or_zero, fused_head_widths, matmul_attention, query_groups,
+)
 
 # Latents attend to GridTokens per axis (grid_attention.py) when their plan attends to the inputs themselves.
 GRID_KEYS = AttentionPlan("absorb_keys", "absorb_values")
@@ -48,6 +51,7 @@ class FastAttention(MultiHeadAttention):
 
     kernel: str = "auto"  # auto | fused | matmul: see kernels.attention_kernel
     plan: AttentionPlan | None = None  # None = the cheapest order for the shapes; set to pin one
+    pad_heads: bool = False  # CUDA: zero channels where SDPA's fused kernels need them (kernels.fused_head_widths)
 
     def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         if x_q is x_kv:  # self-attention: one GEMM for q, k and v; absorbing never pays at equal widths
@@ -176,8 +180,8 @@ class FastAttention(MultiHeadAttention):
             k, v = (t.unsqueeze(2).expand(B, H, groups, *t.shape[2:]).flatten(1, 2) for t in (k, v))
         attend = matmul_attention if attention_kernel(q, k, self.kernel) == "matmul" else F.scaled_dot_product_attention
         width = v.shape[-1]
-        if attend is F.scaled_dot_product_attention and q.device.type == "cpu":
-            q, k, v = equal_head_widths(q, k, v)
+        if attend is F.scaled_dot_product_attention and (q.device.type == "cpu" or self.pad_heads):
+            q, k, v = fused_head_widths(q, k, v, q.device.type)  # zero channels: widths the fused kernels take
         out = attend(
             q, k, v,
             attn_mask=None if pad_mask is None else ~pad_mask[:, None, None, :],
@@ -208,20 +212,6 @@ class FastAttention(MultiHeadAttention):
         lse = scores.logsumexp(dim=-1)  # -inf where the whole chunk is padding: its weight below is 0
         probs = (scores - finite_or_zero(lse).unsqueeze(-1)).exp()
         return F.dropout(probs, dropout) @ v if dropout else probs @ v, lse
-
-
-def equal_head_widths(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Zero channels appended to the narrower of (q, k) and v: PyTorch's CPU flash attention takes only equal
-    widths and otherwise falls back to a kernel that materialises every score. Zero channels change no
-    score, and zero value channels only add output channels to drop; the caller keeps v's width."""
-    extra = q.shape[-1] - v.shape[-1]
-    if extra > 0:
-        return q, k, F.pad(v, (0, extra))
-    if extra < 0:
-        return F.pad(q, (0, -extra)), F.pad(k, (0, -extra)), v
-    return q, k, v
 
 
 def materialized(x: torch.Tensor | GridTokens | GridPoints) -> torch.Tensor:

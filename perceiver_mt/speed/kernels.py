@@ -20,6 +20,16 @@ FUSED_QUERY_BLOCK = 64  # queries per thread block in PyTorch's CUDA memory-effi
 FUSED_MAX_HEAD_CHANNELS = 128
 
 
+# What PyTorch's CUDA fused attention kernels take (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp):
+# memory-efficient: q and k of one width, q's and v's widths divisible by 8 in 16-bit (4 in fp32), no upper
+# bound; flash (16-bit only): q, k and v of one width, at most 256 (SDPA pads that one to a multiple of 8
+# itself). Anything else runs SDPA's unfused math kernel, which materialises every score. Perceiver widths
+# often miss: DeepMind's ImageNet cross-attention attends over 261 = 3 + 258 channels with one head, and the
+# absorbed projection orders make heads as wide as the inputs (322 for optical flow) or the queries plus one.
+FUSED_ALIGNMENT = 8  # 16-bit's alignment, a multiple of fp32's: right whichever dtype autocast hands SDPA
+FLASH_MAX_HEAD_CHANNELS = 256
+
+
 def finite_or_zero(x: torch.Tensor) -> torch.Tensor:
     return x.masked_fill(~x.isfinite(), 0.0)
 
@@ -91,3 +101,29 @@ def query_groups(q: torch.Tensor, k: torch.Tensor) -> int:
         return 1
     groups = threads // (B * H)
     return groups if Q % groups == 0 and Q // groups >= 64 else 1
+
+
+def fused_head_widths(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, device_type: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k (B, H, Q|K, Cqk) and v (B, H, K, Cv) with zero channels appended where a fused kernel of
+    `device_type` needs them; the caller scales scores by the unpadded width and keeps v's first Cv channels.
+
+    Zero q/k channels add nothing to any score and zero v channels only add output channels, so the result is
+    the same function (and gradients) of the unpadded tensors. CPU: q/k and v of one width, which PyTorch's CPU
+    flash attention needs. CUDA: both widths up to a multiple of FUSED_ALIGNMENT (the memory-efficient kernel),
+    and one width for all three where that is at most 256 in 16-bit (flash attention).
+    """
+    qk_width, v_width = q.shape[-1], v.shape[-1]
+    if device_type == "cpu":
+        qk_width = v_width = max(qk_width, v_width)
+    else:
+        qk_width, v_width = (-(-width // FUSED_ALIGNMENT) * FUSED_ALIGNMENT for width in (qk_width, v_width))
+        half = q.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(device_type)
+        if half and max(qk_width, v_width) <= FLASH_MAX_HEAD_CHANNELS:
+            qk_width = v_width = max(qk_width, v_width)
+    if qk_width > q.shape[-1]:
+        q, k = F.pad(q, (0, qk_width - q.shape[-1])), F.pad(k, (0, qk_width - k.shape[-1]))
+    if v_width > v.shape[-1]:
+        v = F.pad(v, (0, v_width - v.shape[-1]))
+    return q, k, v

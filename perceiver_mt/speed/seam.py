@@ -5,7 +5,7 @@ modules to subclasses (here in `perceiver_mt/speed/`) that have the same paramet
 keys, and compute the same function faster or in less memory. As `parallel.parallelize` does for scaling,
 it applies them in a fixed order, each step logging one line:
 
-    1. attention     every MultiHeadAttention -> FastAttention (projection order, kernel choice) and every
+    1. attention     every MultiHeadAttention -> FastAttention (projection order, kernel choice, head padding) and every
                      CrossAttentionLayer -> FastCrossAttentionLayer (keys/values prepared once, GridTokens)
     2. grid tokens   every ConcatFourierPositions -> GridFourierPositions: tokens whose position features
                      stay one table per axis, attended without expanding them at inference
@@ -49,6 +49,10 @@ class SpeedConfig:
     # auto | fused | matmul, for every attention (task decoders too): "auto" picks per device and shape as
     # measured (speed/kernels.py); "fused" keeps SDPA everywhere (least memory); "matmul" two GEMMs and a softmax
     attention_kernel: str = "auto"
+    # CUDA: where an attention runs on SDPA, zero channels bring its head widths to what the fused kernels take
+    # (multiples of 8; one width up to 256 for flash), so 261- or 323-wide heads do not fall back to SDPA's
+    # unfused math kernel (speed/kernels.py). Same function; no effect on CPU. Its GPU speed is not measured yet
+    pad_heads: bool = True
     # ConcatFourierPositions tokens keep their position features per axis (GridTokens): per-pixel inference
     # multiplies only the content channels; training expands them once (or per checkpointed chunk)
     grid_tokens: bool = True
@@ -81,7 +85,7 @@ def apply_speedups(model: nn.Module, config: SpeedConfig, log: Log = logger.info
     if not config.enabled:
         log("Speedups off (speed.enabled=false): the reference model as written")
         return model
-    apply_fast_attention(model, config.projection_order, config.attention_kernel, log)
+    apply_fast_attention(model, config.projection_order, config.attention_kernel, log, config.pad_heads)
     if config.grid_tokens:
         apply_grid_tokens(model, log)
     if config.input_chunk_size:
@@ -110,12 +114,13 @@ def swap_modules(model: nn.Module, reference: type[nn.Module], variant: type[nn.
     return count
 
 
-def apply_fast_attention(model: nn.Module, projection_order: str, kernel: str, log: Log = logger.info) -> None:
+def apply_fast_attention(model: nn.Module, projection_order: str, kernel: str, log: Log = logger.info,
+                         pad_heads: bool = True) -> None:
     plan = PROJECTED if projection_order == "projected" else None
-    attentions = swap_modules(model, MultiHeadAttention, FastAttention, kernel=kernel, plan=plan)
+    attentions = swap_modules(model, MultiHeadAttention, FastAttention, kernel=kernel, plan=plan, pad_heads=pad_heads)
     layers = swap_modules(model, CrossAttentionLayer, FastCrossAttentionLayer)
     log(f"Applied fast attention to {attentions} attentions ({layers} cross-attention layers): "
-                   f"projection order {projection_order}, kernel {kernel}")
+        f"projection order {projection_order}, kernel {kernel}{', heads padded for CUDA fused kernels' if pad_heads else ''}")
 
 
 def apply_grid_tokens(model: nn.Module, log: Log = logger.info) -> None:
