@@ -19,7 +19,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from perceiver_mt.errors import ConfigError
 from perceiver_mt.model.perceiver import EncoderConfig
-from perceiver_mt.parallel import ParallelConfig
+from perceiver_mt.parallelize import ParallelConfig
 from perceiver_mt.sampling import STRATEGIES, SamplingConfig
 from perceiver_mt.speed.seam import SpeedConfig
 from perceiver_mt.speed.seam import check_config as check_speed_config

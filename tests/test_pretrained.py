@@ -75,3 +75,32 @@ def test_pushing_without_a_token_is_one_line(debug_config, tmp_path, monkeypatch
     assert convert_main(["push", str(folder), "--repo", "someone/perceiver"]) == 2
     assert capsys.readouterr().err.strip() == ("error: pushing to the hub needs a token: set HF_TOKEN or run "
                                                "`huggingface-cli login`")
+
+
+LIGHTNING_BLOCKED = """
+import sys
+class NoLightning:
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("lightning", "pytorch_lightning"):
+            raise ImportError(f"{name} must not be needed to serve a pretrained folder")
+sys.meta_path.insert(0, NoLightning())
+from perceiver_mt.inference import Predictor
+predictor = Predictor.from_pretrained(sys.argv[1])
+print(predictor.predict("digits", [[i % 17 for i in range(64)]]).tolist())
+"""
+
+
+@pytest.mark.slow
+def test_a_pretrained_folder_is_served_without_lightning(debug_config, tmp_path):
+    import subprocess
+    import sys
+
+    from perceiver_mt.inference import Predictor
+
+    model = debug_model(debug_config)
+    folder = save_pretrained(model, debug_config, tmp_path / "saved")
+    result = subprocess.run([sys.executable, "-c", LIGHTNING_BLOCKED, str(folder)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = Predictor.from_pretrained(folder).predict("digits", [[i % 17 for i in range(64)]]).tolist()
+    assert result.stdout.strip().splitlines()[-1] == str(expected)
