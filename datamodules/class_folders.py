@@ -40,7 +40,9 @@ def find_class_files(root: Path, classes: list[str], extensions: Collection[str]
 
 
 def split_per_class(labels: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
-    """Indices of each split: every class divided in the same proportions, in a seeded order."""
+    """Indices of each split: every class divided in the same proportions, each split in a fixed seeded
+    order with the classes mixed. Data is often stored class by class; evaluation loaders keep a split's
+    order, so a sorted split would make `limit_val_batches` / `limit_test_batches` see one class only."""
     rng = np.random.default_rng(seed)
     parts: dict[str, list[int]] = {split: [] for split in [*fractions, "train"]}
     for label in np.unique(labels):
@@ -51,4 +53,4 @@ def split_per_class(labels: np.ndarray, fractions: dict[str, float], seed: int) 
             parts[split] += members[start:start + count].tolist()
             start += count
         parts["train"] += members[start:].tolist()
-    return {split: np.sort(np.asarray(ids, dtype=np.int64)) for split, ids in parts.items()}
+    return {split: rng.permutation(np.asarray(ids, dtype=np.int64)) for split, ids in parts.items()}

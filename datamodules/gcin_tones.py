@@ -76,7 +76,8 @@ class GcinTonesDataModule(InMemoryDataModule):
         speakers = np.asarray([speaker for _, _, speaker in found])
         own = np.flatnonzero(speakers == self.train_speaker)
         parts = split_per_class(labels[own], {"val": self.val_fraction}, self.split_seed)
-        splits = {"train": own[parts["train"]], "val": own[parts["val"]], "test": np.flatnonzero(speakers != self.train_speaker)}
+        other = np.random.default_rng(self.split_seed).permutation(np.flatnonzero(speakers != self.train_speaker))
+        splits = {"train": own[parts["train"]], "val": own[parts["val"]], "test": other}  # tones mixed, as in val
         return {split: ClipDataset([clips[i] for i in ids], labels[ids], ids, self.num_samples, split == "train",
                                    self.speed_range if split == "train" else (1.0, 1.0), self.seed)
                 for split, ids in splits.items()}

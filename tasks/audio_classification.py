@@ -30,8 +30,11 @@ class AudioOptions(ClassificationOptions):
     features: str = "mel"  # mel: log-mel patches + 2D Fourier | waveform: raw sample patches + 1D Fourier
     n_fft: int = 512
     hop_length: int = 160
-    n_mels: int = 64
-    f_max: float = 4000.0  # mel bands up to here: pitch and its first harmonics
+    n_mels: int = 64  # frequency bands (mel, or log-spaced with frequency_scale: log)
+    frequency_scale: str = "mel"  # mel | log: bands equally spaced in log frequency (a pitch change = a shift)
+    f_min: float = 0.0  # lowest band (log scale: > 0, e.g. below the lowest voice)
+    f_max: float = 4000.0  # bands up to here: pitch and its first harmonics
+    frequency_position: bool = True  # False: tokens carry their time only (with the log scale: register-invariant)
     patch_frames: int = 4  # log-mel patch: frames x mel bands
     patch_mels: int = 8
     samples_per_patch: int = 128  # waveform patches
@@ -61,8 +64,9 @@ class AudioClassificationTask(ClassificationTask):
         o = self.options
         if o.features == "mel":
             return LogMelPatches(o.num_samples, o.sample_rate, o.n_fft, o.hop_length, o.n_mels,
-                                 (o.patch_frames, o.patch_mels), num_bands=o.num_bands, f_max=o.f_max,
-                                 pitch_shift=o.pitch_shift)
+                                 (o.patch_frames, o.patch_mels), num_bands=o.num_bands, f_min=o.f_min, f_max=o.f_max,
+                                 pitch_shift=o.pitch_shift, scale=o.frequency_scale,
+                                 frequency_position=o.frequency_position)
         if o.features == "waveform":
             return WaveformPatches(o.num_samples, o.samples_per_patch, num_bands=o.num_bands)
         raise ValueError(f"task {self.name!r} option features={o.features!r} is unknown; choose one of "

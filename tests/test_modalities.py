@@ -10,9 +10,9 @@ from perceiver_mt.model.init import fan_in_init_
 from perceiver_mt.modalities import (
     FeatureProjection, GridPatches, ImagePatches, LogMelPatches, TaskInputError, TokenAdapter, VideoPatches,
     WaveformPatches, check_audio, check_images, check_video, decode_bytes, depth_to_space, encode_texts, load_audio,
-    log_mel_spectrogram, space_to_depth,
+    log_frequency_filters, log_mel_spectrogram, space_to_depth,
 )
-from perceiver_mt.modalities.audio import fit_length
+from perceiver_mt.modalities.audio import fit_length, power_spectrogram, shift_pitch
 from perceiver_mt.modalities.text import MASK_ID, PAD_ID, ByteAdapter
 from references import brute_force_patches, numpy_fourier
 
@@ -114,6 +114,56 @@ def test_log_mel_patches_crop_to_whole_patches_and_standardise_each_clip():
     assert abs(float(log_mel[1].mean())) < 1e-4 and abs(float(log_mel[1].std()) - 1) < 1e-3
     raw = log_mel_spectrogram(waveform[:1], 16000, 400, 160, 32)[:, :24]
     torch.testing.assert_close(mel.log_mel(waveform[:1]), (raw - raw.mean()) / raw.std())
+
+
+def test_grid_positions_on_some_axes_only_repeat_along_the_others():
+    grid = GridPatches((8, 12), (2, 3), 1, num_bands=3, position_axes=(0,))
+    x = rand(2, 8, 12, 1)
+    features = grid(x)
+    full = GridPatches((8, 12), (2, 3), 1, num_bands=3)
+    torch.testing.assert_close(features[..., :6], full(x)[..., :6])  # content as before
+    codes = features[..., 6:].reshape(2, 4, 4, -1)  # (B, time blocks, frequency blocks, P)
+    assert codes.shape[-1] == 1 + 2 * 3  # a 1D code: one axis, 3 bands
+    torch.testing.assert_close(codes, codes[:, :, :1].expand_as(codes))  # the same along axis 1
+    assert not torch.equal(codes[:, 0], codes[:, 1])  # and different along axis 0
+    shifted = torch.roll(x, 3, dims=2)  # a whole block along the uncoded axis: the same set of tokens
+    rows = lambda f: sorted(map(tuple, f.reshape(-1, f.shape[-1]).tolist()))  # noqa: E731
+    assert rows(grid(shifted)) == rows(features) and rows(full(shifted)) != rows(full(x))
+    with pytest.raises(ValueError, match=r"position_axes=\(2,\) must name at least one axis of a 2-axis grid"):
+        GridPatches((8, 12), (2, 3), position_axes=(2,))
+
+
+def test_log_frequency_bands_turn_a_pitch_change_into_a_shift():
+    sr, n_fft, bins, f_min, f_max = 16000, 1024, 48, 100.0, 3200.0  # 5 octaves, 9.4 bands per octave
+    filters = log_frequency_filters(sr, n_fft, bins, f_min, f_max)
+    assert filters.shape == (bins, n_fft // 2 + 1)
+    torch.testing.assert_close(filters.sum(1), torch.ones(bins))
+    centres = np.geomspace(f_min, f_max, bins)  # an independent spelling of "equally spaced in log frequency"
+    hz = np.linspace(0, sr / 2, n_fft // 2 + 1)
+    assert np.abs(hz[filters.argmax(1).numpy()] - centres).max() <= sr / n_fft  # each peaks at its centre
+    t = np.arange(8000) / sr
+    voice = sum(np.sin(2 * np.pi * h * 180 * t) / h for h in range(1, 8)).astype(np.float32)  # 180 Hz, 7 harmonics
+    power = power_spectrogram(torch.from_numpy(voice)[None], n_fft, 160)
+    k = 6  # a pitch step of k bands
+    higher = shift_pitch(power, torch.tensor([(f_max / f_min) ** (k / (bins - 1))]))
+    profile = lambda p: torch.log(torch.einsum("mf,bft->bm", filters, p)[0] + 1e-6)  # noqa: E731
+    low, high = profile(power), profile(higher)
+    lags = {lag: float(torch.corrcoef(torch.stack([low[8:-12], high[8 + lag:bins - 12 + lag]]))[0, 1])
+            for lag in range(-4, 11)}
+    assert max(lags, key=lags.get) == k and lags[k] > 0.95  # the same harmonic comb, k bands up
+    with pytest.raises(ValueError, match="log-frequency bins need 0 < f_min < f_max <= 8000 Hz"):
+        log_frequency_filters(sr, n_fft, bins, 0.0, f_max)
+
+
+def test_log_frequency_patches_coded_in_time_only():
+    mel = LogMelPatches(4000, 16000, n_fft=1024, n_mels=32, patch=(4, 8), num_bands=2, f_min=80.0, f_max=2000.0,
+                        scale="log", frequency_position=False)
+    features = mel(rand(2, 4000))
+    assert features.shape == (2, 6 * 4, 32 + 1 + 2 * 2)  # 6 x 4 tokens, a 1D position code
+    codes = features[..., 32:].reshape(2, 6, 4, -1)
+    torch.testing.assert_close(codes, codes[:, :, :1].expand_as(codes))
+    with pytest.raises(ValueError, match="frequency scale 'bark' is unknown; choose one of mel, log"):
+        LogMelPatches(4000, 16000, scale="bark")
 
 
 def test_load_audio_decodes_mixes_down_and_resamples(tmp_path):

@@ -157,3 +157,29 @@ def test_mnist_can_test_on_opencv_digits_instead(mnist):
     assert len(datamodule.datasets["test"]) == 5000 and len(datamodule.datasets["train"]) == 7500
     with pytest.raises(ValueError, match="test_source='usps' is unknown; choose one of mnist, opencv"):
         MnistDataModule(test_source="usps")
+
+
+def test_per_class_splits_mix_the_classes_in_a_fixed_order():
+    from datamodules.audio_folder import split_per_class
+
+    labels = np.repeat(np.arange(4), [100, 200, 300, 400])  # stored class by class, as most datasets are
+    splits = split_per_class(labels, {"val": 0.1, "test": 0.2}, seed=3)
+    assert [np.bincount(labels[splits[s]]).tolist() for s in ("val", "test")] == [[10, 20, 30, 40], [20, 40, 60, 80]]
+    assert sorted(np.concatenate(list(splits.values())).tolist()) == list(range(1000))  # disjoint, complete
+    again = split_per_class(labels, {"val": 0.1, "test": 0.2}, seed=3)
+    assert all(np.array_equal(splits[s], again[s]) for s in splits)  # the same order on every call
+    head = labels[splits["test"][:50]]  # what limit_test_batches would evaluate
+    assert len(np.unique(head)) == 4 and not np.array_equal(head, np.sort(head))
+
+
+def test_fortunes_limited_evaluation_sees_every_language_in_proportion():
+    from datamodules.fortunes import LANGUAGES, FortunesDataModule
+
+    datamodule = FortunesDataModule(batch_size=32)
+    require(lambda: datamodule.setup("test"))
+    for split in ("val", "test"):
+        loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
+        batches = [batch["target"] for batch, _ in zip(loader, range(10))]  # limit_*_batches=10
+        head = np.bincount(torch.cat(batches).numpy(), minlength=len(LANGUAGES)) / 320
+        whole = np.bincount(datamodule.datasets[split].labels.numpy()) / len(datamodule.datasets[split])
+        assert np.abs(head - whole).max() < 0.08, (split, head, whole)  # class by class, head would be [1, 0, ...]

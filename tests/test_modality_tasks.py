@@ -48,6 +48,25 @@ def raw_inputs(plugin: str):
     return ["Der Hund bellt.", "The dog barks.", "Собака лает."]
 
 
+@pytest.mark.parametrize("plugin, options, tokens", [
+    ("mnist", {"prep": "conv", "conv_channels": 8}, 6 * 6),  # 28 -> conv/2 14 -> pool/2 6
+    ("mandarin_tones", {"frequency_scale": "log", "f_min": 60.0, "f_max": 2000.0, "n_fft": 1024,
+                        "frequency_position": False}, 6 * 4),  # 24 frames x 32 bands in 4 x 8 patches
+])
+def test_task_front_end_variants_map_raw_input_to_class_logits(plugin, options, tokens):
+    task, model = build(plugin, **options)
+    batch = task.make_batch(raw_inputs(plugin))
+    with torch.no_grad():
+        logits = model(plugin, batch)
+    assert logits.shape == (3, task.num_classes) and torch.isfinite(logits).all()
+    assert model.tasks[plugin].adapter.preprocessor.num_tokens == tokens
+
+
+def test_unknown_mnist_front_end_is_one_line():
+    with pytest.raises(ValueError, match="task 'mnist' option prep='vit' is unknown; choose one of patches, conv"):
+        build("mnist", prep="vit")
+
+
 @pytest.mark.parametrize("plugin", list(TINY))
 def test_each_task_maps_raw_input_to_class_logits(plugin):
     task, model = build(plugin)

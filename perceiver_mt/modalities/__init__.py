@@ -6,7 +6,8 @@ A task plugin composes them; see the README's "write your own task".
 """
 
 from perceiver_mt.modalities.audio import (
-    LogMelPatches, WaveformPatches, check_audio, fit_length, load_audio, log_mel_spectrogram, mel_filters, resample,
+    LogMelPatches, WaveformPatches, check_audio, fit_length, load_audio, log_frequency_filters, log_mel_spectrogram,
+    mel_filters, resample,
 )
 from perceiver_mt.modalities.checks import TaskInputError, check_tensor, describe
 from perceiver_mt.modalities.grid import GridPatches, depth_to_space, space_to_depth
@@ -25,6 +26,7 @@ __all__ = [
     "LearnedQueries", "LogMelPatches", "MultimodalInputs", "MultimodalQueries", "PointFeatures", "TaskInputError",
     "TokenAdapter", "VideoPatches", "WaveformPatches", "batch_size_of", "check_audio", "check_images", "check_points",
     "check_tensor", "check_video", "decode_bytes", "depth_to_space", "describe", "draw_query_subset", "encode_texts",
-    "fit_length", "load_audio", "log_mel_spectrogram", "mel_filters", "pad_point_sets", "resample",
+    "fit_length", "load_audio", "log_frequency_filters", "log_mel_spectrogram", "mel_filters", "pad_point_sets",
+    "resample",
     "space_to_depth", "split_modalities", "take_queries",
 ]

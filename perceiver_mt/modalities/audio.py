@@ -4,6 +4,8 @@
     patches(waveforms)                                   # (B, 48000) -> (B, 500, 96 + P)
     mel = LogMelPatches(num_samples=16000, sample_rate=16000, patch=(4, 8))
     mel(waveforms)                                       # (B, 16000) -> log-mel (B, 100, 64) -> (B, 25*8, 32 + P)
+    LogMelPatches(16000, 16000, n_fft=1024, f_min=60, f_max=2000, scale="log", frequency_position=False)
+                                                         # log-frequency bands, positions in time only: pitch-invariant
 
 Files are decoded by libsndfile (`soundfile`: WAV, FLAC, OGG/Vorbis, MP3, ...), resampled by libsoxr, and
 mel filters come from librosa; the spectrogram itself is `torch.stft`, so it runs batched on the model's device.
@@ -22,6 +24,8 @@ from torch import nn
 
 from perceiver_mt.modalities.checks import TaskInputError, describe
 from perceiver_mt.modalities.grid import GridPatches
+
+FREQUENCY_SCALES = ("mel", "log")  # band spacing of LogMelPatches: mel filters, or equal steps in log frequency
 
 
 def load_audio(path: str | Path, sample_rate: int | None = None, mono: bool = True) -> tuple[np.ndarray, int]:
@@ -51,6 +55,39 @@ def mel_filters(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: 
     import librosa
 
     return torch.from_numpy(librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max))
+
+
+def log_frequency_filters(sample_rate: int, n_fft: int, n_bins: int, f_min: float, f_max: float) -> torch.Tensor:
+    """(n_bins, n_fft // 2 + 1) triangular filters whose centres are equally spaced in log frequency from
+    f_min to f_max (each reaches its neighbours' centres; area-normalised).
+
+    On this scale a pitch change is a translation: every harmonic of a voice a factor r higher lies
+    log(r) / log(f_max / f_min) * (n_bins - 1) bins further up. Bins narrower than the STFT's own
+    (sample_rate / n_fft) interpolate between its bins, so choose n_fft long enough for the lowest pitch.
+    """
+    if not 0 < f_min < f_max <= sample_rate / 2 or n_bins < 2:
+        raise ValueError(f"log-frequency bins need 0 < f_min < f_max <= {sample_rate / 2:g} Hz and at least 2 bins, "
+                         f"got f_min={f_min}, f_max={f_max}, n_bins={n_bins}")
+    step = np.log(f_max / f_min) / (n_bins - 1)
+    centres = f_min * np.exp(step * np.arange(-1, n_bins + 1))  # one more on each side: the outer slopes
+    frequencies = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    lower, centre, upper = centres[:-2, None], centres[1:-1, None], centres[2:, None]
+    rising = (frequencies - lower) / (centre - lower)
+    falling = (upper - frequencies) / (upper - centre)
+    weights = np.clip(np.minimum(rising, falling), 0, None)
+    weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+    return torch.from_numpy(weights.astype(np.float32))
+
+
+@functools.lru_cache(maxsize=16)
+def frequency_filters(scale: str, sample_rate: int, n_fft: int, n_bins: int, f_min: float,
+                      f_max: float | None) -> torch.Tensor:
+    """The filters of `scale`: "mel" (`mel_filters`) or "log" (`log_frequency_filters`, f_min > 0)."""
+    if scale == "mel":
+        return mel_filters(sample_rate, n_fft, n_bins, f_min, f_max)
+    if scale == "log":
+        return log_frequency_filters(sample_rate, n_fft, n_bins, f_min, f_max or sample_rate / 2)
+    raise ValueError(f"frequency scale {scale!r} is unknown; choose one of {', '.join(FREQUENCY_SCALES)}")
 
 
 def num_frames(num_samples: int, hop_length: int) -> int:
@@ -86,16 +123,18 @@ def shift_pitch(power: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
 
 def log_mel_spectrogram(waveform: torch.Tensor, sample_rate: int, n_fft: int = 400, hop_length: int = 160,
                         n_mels: int = 64, f_min: float = 0.0, f_max: float | None = None,
-                        eps: float = 1e-6, pitch_factors: torch.Tensor | None = None) -> torch.Tensor:
+                        eps: float = 1e-6, pitch_factors: torch.Tensor | None = None,
+                        scale: str = "mel") -> torch.Tensor:
     """(B, T) waveforms -> (B, frames, n_mels) log(mel power + eps), frames = 1 + T // hop_length.
 
-    The power spectrogram (`power_spectrogram`) times the mel filters; `pitch_factors` (B,) first shifts
-    each clip's frequencies (`shift_pitch`).
+    The power spectrogram (`power_spectrogram`) times the mel filters (or, with scale="log", filters
+    equally spaced in log frequency: `log_frequency_filters`); `pitch_factors` (B,) first shifts each
+    clip's frequencies (`shift_pitch`).
     """
     power = power_spectrogram(waveform, n_fft, hop_length)  # (B, n_fft // 2 + 1, frames)
     if pitch_factors is not None:
         power = shift_pitch(power, pitch_factors)
-    filters = mel_filters(sample_rate, n_fft, n_mels, f_min, f_max).to(waveform.device, waveform.dtype)
+    filters = frequency_filters(scale, sample_rate, n_fft, n_mels, f_min, f_max).to(waveform.device, waveform.dtype)
     return torch.log(torch.einsum("mf,bft->btm", filters, power) + eps)  # (B, frames, n_mels)
 
 
@@ -122,22 +161,31 @@ class LogMelPatches(nn.Module):
     `pitch_shift` > 1: in training mode each clip's frequencies are multiplied by a factor drawn
     log-uniformly from [1 / pitch_shift, pitch_shift] (torch's generator), so a model that heard one
     voice also hears it higher and lower at the same tempo. Evaluation is never shifted.
+
+    `scale="log"`: bands equally spaced in log frequency from `f_min` (> 0) to `f_max`, where a higher or
+    lower voice is the same picture moved along the band axis; with `frequency_position=False` the tokens
+    carry the position code of their time only, so that move changes which token holds a patch, not what
+    the encoder sees (register invariance built in, not learned from augmentation).
     """
 
     def __init__(self, num_samples: int, sample_rate: int, n_fft: int = 400, hop_length: int = 160, n_mels: int = 64,
                  patch: Sequence[int] = (4, 8), position: str = "fourier", num_bands: int = 8,
-                 f_min: float = 0.0, f_max: float | None = None, normalize: bool = True, pitch_shift: float = 1.0):
+                 f_min: float = 0.0, f_max: float | None = None, normalize: bool = True, pitch_shift: float = 1.0,
+                 scale: str = "mel", frequency_position: bool = True):
         super().__init__()
+        if scale not in FREQUENCY_SCALES:
+            raise ValueError(f"frequency scale {scale!r} is unknown; choose one of {', '.join(FREQUENCY_SCALES)}")
         self.pitch_shift = pitch_shift
         self.spectrogram_options = dict(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels,
-                                        f_min=f_min, f_max=f_max)
+                                        f_min=f_min, f_max=f_max, scale=scale)
         self.num_samples = num_samples
         frames = num_frames(num_samples, hop_length)
         self.frames = frames - frames % patch[0]
         if self.frames == 0:
             raise ValueError(f"{num_samples} samples make {frames} frames, fewer than one patch of {patch[0]}")
         self.normalize = normalize
-        self.patches = GridPatches((self.frames, n_mels), tuple(patch), 1, position, num_bands)
+        self.patches = GridPatches((self.frames, n_mels), tuple(patch), 1, position, num_bands,
+                                   position_axes=None if frequency_position else (0,))
 
     @property
     def channel_groups(self) -> tuple[int, int]:

@@ -38,7 +38,7 @@ class ConvStem(nn.Module):
 
 
 class ConvImagePatches(nn.Module):
-    """Images (B, H, W, C) -> features (B, H' * W', conv_channels + P): the stem's output per position, then
+    """Images (B, H, W, C) (or grey (B, H, W)) -> features (B, H' * W', conv_channels + P): the stem's output per position, then
     its position code on the stem's output grid (Fourier or learned, as `GridPatches`)."""
 
     def __init__(self, image_size: Sequence[int], channels: int = 3, conv_channels: int = 64,
@@ -62,5 +62,7 @@ class ConvImagePatches(nn.Module):
         return self.patches.num_tokens
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() == 3:  # grey (B, H, W)
+            images = images.unsqueeze(-1)
         convolved = self.stem(images.permute(0, 3, 1, 2))  # (B, conv_channels, H', W')
         return self.patches(convolved.permute(0, 2, 3, 1))

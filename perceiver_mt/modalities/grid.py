@@ -56,11 +56,15 @@ class GridPatches(nn.Module):
     `feed_encoder_as_is`), [content | Fourier features] are made by the reference `ConcatFourierPositions`,
     so the grid-token speedup (`speed.grid_tokens`) can keep the position features per axis. Features that
     are projected, padded or subsampled first are concatenated here, a plain tensor.
+
+    `position_axes` (default: all) are the grid axes the position code describes; along the others every
+    block gets the same code, so the encoder, which sees tokens as a set, cannot tell where along them a
+    pattern lies (e.g. a log-frequency spectrogram coded in time only: a higher voice is the same tokens).
     """
 
     def __init__(self, grid_shape: Sequence[int], block: Sequence[int], in_channels: int = 1,
                  position: str = "fourier", num_bands: int = 8, max_resolution: Sequence[int] | None = None,
-                 learned_channels: int = 64):
+                 learned_channels: int = 64, position_axes: Sequence[int] | None = None):
         super().__init__()
         if len(block) != len(grid_shape) or any(d % b for d, b in zip(grid_shape, block)):
             raise ValueError(f"a grid of shape {tuple(grid_shape)} cannot be cut into patches {tuple(block)}")
@@ -68,10 +72,16 @@ class GridPatches(nn.Module):
         self.block = tuple(int(b) for b in block)
         self.in_channels = in_channels
         self.index_dims = tuple(d // b for d, b in zip(self.grid_shape, self.block))  # the grid of tokens
+        axes = tuple(range(len(self.index_dims))) if position_axes is None else tuple(sorted(set(position_axes)))
+        if not axes or not all(0 <= a < len(self.index_dims) for a in axes):
+            raise ValueError(f"position_axes={position_axes} must name at least one axis of a {len(self.index_dims)}-axis grid")
+        self.position_axes = axes
+        coded = tuple(self.index_dims[a] for a in axes)  # the grid the position code describes
         if position == "fourier":
-            self.position = FourierPositionEncoding(self.index_dims, num_bands, max_resolution or self.index_dims)
+            resolution = tuple(max_resolution[a] for a in axes) if max_resolution else coded
+            self.position = FourierPositionEncoding(coded, num_bands, resolution)
         elif position == "learned":
-            self.position = LearnedPositionEncoding(math.prod(self.index_dims), learned_channels)
+            self.position = LearnedPositionEncoding(math.prod(coded), learned_channels)
         else:
             raise ValueError(f"position={position!r} is unknown; choose one of {', '.join(POSITIONS)}")
         self.content_channels = math.prod(self.block) * in_channels
@@ -92,19 +102,29 @@ class GridPatches(nn.Module):
         """(B, *grid_shape, C) -> (B, M, P_c): the patches without positions (DeepMind's inputs_without_pos)."""
         return space_to_depth(x, self.block).reshape(x.shape[0], self.num_tokens, self.content_channels)
 
+    def positions(self, batch_size: int) -> torch.Tensor:
+        """(B, M, P_p): each token's position code (the same along axes outside `position_axes`)."""
+        codes = self.position(batch_size)
+        if len(self.position_axes) == len(self.index_dims):
+            return codes
+        shape = [d if a in self.position_axes else 1 for a, d in enumerate(self.index_dims)]
+        codes = codes.reshape(batch_size, *shape, codes.shape[-1]).expand(batch_size, *self.index_dims, -1)
+        return codes.reshape(batch_size, self.num_tokens, -1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         content = self.content(x)  # (B, M, P_c)
         if isinstance(self.position, ConcatFourierPositions):
             return self.position(content)  # (B, M, P_c + P_p); GridTokens under speed.grid_tokens
-        position = self.position(x.shape[0]).to(content.dtype)  # (B, M, P_p)
+        position = self.positions(x.shape[0]).to(content.dtype)  # (B, M, P_p)
         return torch.cat([content, position], dim=-1)
 
     def make_encoder_tokens(self) -> None:
         """From now on the features are the encoder's tokens as they are: Fourier features are concatenated by
         `ConcatFourierPositions` (the same encoding; its buffer is not in the state_dict, so names stay). Content
         narrower than float32 (a conv stem's output under bf16 autocast) then meets float32 features unrounded:
-        the concatenation promotes it, as for every other grid's tokens."""
-        if isinstance(self.position, FourierPositionEncoding):
+        the concatenation promotes it, as for every other grid's tokens. A code along some axes only stays
+        as it is (its features are not a Fourier grid of the tokens)."""
+        if isinstance(self.position, FourierPositionEncoding) and len(self.position_axes) == len(self.index_dims):
             encoding = self.position
             self.position = ConcatFourierPositions(encoding.index_dims, cached=encoding.cached,
                                                    **encoding.feature_options)
