@@ -18,8 +18,8 @@ from datamodules.flow_scenes import (
     TRAIN_PHOTOS, FlowPair, MotionRange, graf_pair, heldout_pairs, motorcycle_pair, render_pair,
 )
 from perceiver_mt.data import InMemoryDataModule
+from perceiver_mt.modalities import QUERY_INDEX, draw_query_subset
 
-QUERY_INDEX = "query_index"  # the pixels a training step decodes (the task reads it)
 HELDOUT_SEEDS = {"val": 1001, "test": 1002}  # fixed apart from the run seed: every run sees the same pairs
 
 
@@ -55,7 +55,7 @@ class SyntheticFlowDataset(Dataset):
         sample = pair_sample(render_pair(TRAIN_PHOTOS, self.image_size, rng, **self.render_options), i)
         pixels = self.image_size[0] * self.image_size[1]
         if 0 < self.train_queries < pixels:
-            sample[QUERY_INDEX] = torch.from_numpy(np.sort(rng.choice(pixels, self.train_queries, replace=False)))
+            sample[QUERY_INDEX] = draw_query_subset(pixels, self.train_queries, rng)  # the pixels this step decodes
         return sample
 
 

@@ -3,21 +3,31 @@
 Each pixel becomes one token: the 3x3 patches around it in both frames (2 x 27 values, frames in
 [-1, 1]) linearly mapped to `patch_channels` (64), followed by 2D Fourier features of its position
 (`num_bands` per axis, frequencies up to `max_resolution` / 2): 64 + 258 = 322 channels with 64 bands.
-The per-pixel output queries are those same features, so each query asks the latents about its own
-pixel's appearance and place; the decoder's output goes through a Linear to 2 channels and is divided
-by `output_scale` (100, as in the original network, so converted weights predict pixels).
+The per-pixel output queries are those same features (`InputQueries` on the adapter's preprocessor, taken
+from the adapter: computed once per step), so each query asks the latents about its own pixel's appearance
+and place; the decoder's output goes through a Linear to 2 channels and is divided by `output_scale` (100,
+as in the original network, so converted weights predict pixels).
+
+With `model.input_channels` equal to the features' width (322 at DeepMind's settings) the features reach
+the encoder unprojected, as in DeepMind's network, and `speed.grid_tokens` keeps their Fourier part per
+axis for the encoder and the decoder alike; otherwise they are projected to the encoder's width.
 
 Training decodes a random subset of `train_queries` pixels per pair (the DataModule draws them as
 `query_index`); evaluation and inference decode every pixel. Loss and metrics are end-point errors over
 pixels with ground truth.
 
     predictor.predict("optical_flow", frame1, frame2)   # (H, W, 3) uint8 each -> (H, W, 2) flow in pixels
+
+Parameters (Hugging Face `PerceiverForOpticalFlow` in brackets): `adapter.preprocessor.project`
+[input_preprocessor.conv_after_patches], the same module as `queries.preprocessor.project`;
+`adapter.projection` only when the features are projected; `decoder.cross_attention`
+[decoder.decoder.decoding_cross_attention]; `head` [decoder.decoder.final_layer].
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -25,12 +35,13 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
 
-from perceiver_mt.model import DecoderConfig, FourierPositionEncoding
+from perceiver_mt.model import DecoderConfig
+from perceiver_mt.modalities import QUERY_INDEX, GridPatches, InputQueries, TaskInputError, TokenAdapter, take_queries
+from perceiver_mt.modalities.checks import describe
 from perceiver_mt.task import Batch, Task
 from perceiver_mt.tracking.media import Image, Images
 from tasks.flow_metrics import EndPointError, ZeroFlowEndPointError, flow_to_rgb
 
-QUERY_INDEX = "query_index"  # (B, S) pixels decoded this step; absent = all of them
 PATCH = 3  # 3x3 patches, as DeepMind's network
 
 
@@ -39,7 +50,7 @@ class OpticalFlowOptions:
     image_size: list[int] = field(default_factory=lambda: [64, 96])  # (H, W) of the frames; the DataModule's too
     patch_channels: int = 64  # the patch pair's linear map (DeepMind: 64)
     num_bands: int = 64  # Fourier bands per axis (DeepMind: 64 -> 322 channels in all)
-    max_resolution: list[int] | None = None  # Fourier frequencies up to this / 2; None = image_size
+    max_resolution: list[int] | None = None  # Fourier frequencies up to this / 2; None = image_size (DeepMind)
     decoder_heads: int = 1
     # Add each pixel's query (its own patch features) back after the decoder's attention, so the decoder's MLP
     # sees the pixel's appearance directly, not only through where it attends (DeepMind: off).
@@ -61,62 +72,32 @@ def frame_patches(frames: torch.Tensor) -> torch.Tensor:
     return patches.reshape(B, H * W, T * PATCH * PATCH * C)
 
 
-class FlowFeatures(nn.Module):
-    """(B, 2, H, W, 3) frames -> per-pixel features (B, H * W, patch_channels + Fourier channels)."""
+class FramePairPatches(GridPatches):
+    """(B, 2, H, W, 3) uint8 frame pairs -> per-pixel features (B, H * W, patch_channels + Fourier channels).
 
-    def __init__(self, image_size: tuple[int, int], patch_channels: int, num_bands: int,
-                 max_resolution: tuple[int, int] | None):
-        super().__init__()
+    A grid of H x W tokens (blocks of one pixel) whose content is `project(frame_patches(frames))`; the kit's
+    `GridPatches` appends the 2D Fourier features (through `ConcatFourierPositions` when they reach the
+    encoder unprojected, so the grid-token speedup applies).
+    """
+
+    def __init__(self, image_size: Sequence[int], patch_channels: int = 64, num_bands: int = 64,
+                 max_resolution: Sequence[int] | None = None):
+        super().__init__(tuple(image_size), (1, 1), patch_channels, "fourier", num_bands, max_resolution)
         self.project = nn.Linear(2 * PATCH * PATCH * 3, patch_channels)
-        self.position = FourierPositionEncoding(image_size, num_bands, max_resolution)
-        self.num_channels = patch_channels + self.position.num_channels
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        content = self.project(frame_patches(frames))  # (B, M, patch_channels)
-        return torch.cat([content, self.position(len(frames)).to(content.dtype)], dim=-1)  # (B, M, C)
+    def content(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.project(frame_patches(frames))  # (B, H * W, patch_channels)
 
 
-class FlowAdapter(nn.Module):
-    """Pixel features -> encoder tokens, mapped to the encoder's width where it differs (322 = DeepMind's)."""
+class FlowHead(nn.Linear):
+    """Decoder output (B, S, C) -> flow (B, S, 2) in pixels: a Linear, divided by `output_scale`."""
 
-    def __init__(self, features: FlowFeatures, channels: int):
-        super().__init__()
-        self.features = features
-        self.project = nn.Linear(features.num_channels, channels) if channels != features.num_channels else None
-
-    def forward(self, batch: Batch) -> torch.Tensor:
-        tokens = self.features(batch["inputs"])  # (B, M, C)
-        return tokens if self.project is None else self.project(tokens)
-
-
-class PixelQueries(nn.Module):
-    """One query per pixel: its input features (the decoded subset in training)."""
-
-    def __init__(self, features: FlowFeatures):
-        super().__init__()
-        self.features = features
-
-    def forward(self, batch: Batch) -> torch.Tensor:
-        return take_queries(self.features(batch["inputs"]), batch.get(QUERY_INDEX))  # (B, S, C)
-
-
-def take_queries(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-    """(B, O, ...) -> (B, S, ...) at positions `index` (B, S); None = all."""
-    if index is None:
-        return x
-    return torch.gather(x, 1, index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(*index.shape, *x.shape[2:]))
-
-
-class FlowHead(nn.Module):
-    """Decoder output (B, S, C) -> flow (B, S, 2) in pixels."""
-
-    def __init__(self, channels: int, scale: float):
-        super().__init__()
-        self.linear = nn.Linear(channels, 2)
-        self.scale = scale
+    def __init__(self, channels: int, output_scale: float):
+        super().__init__(channels, 2)
+        self.output_scale = output_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x) / self.scale
+        return super().forward(x) / self.output_scale
 
 
 class OpticalFlowTask(Task):
@@ -130,29 +111,35 @@ class OpticalFlowTask(Task):
         self.image_size = tuple(options.image_size)
         if len(self.image_size) != 2:
             raise ValueError(f"task {name!r}: image_size must be [H, W], got {options.image_size}")
-        self._features: FlowFeatures | None = None
+        self._adapter: TokenAdapter | None = None  # the queries reuse its preprocessor and its features
 
-    def features(self) -> FlowFeatures:
-        """The one feature module that the adapter and the queries share (built on first use)."""
-        if self._features is None:
-            o = self.options
-            resolution = tuple(o.max_resolution) if o.max_resolution else None
-            self._features = FlowFeatures(self.image_size, o.patch_channels, o.num_bands, resolution)
-        return self._features
+    def build_adapter(self) -> TokenAdapter:
+        o = self.options
+        features = FramePairPatches(self.image_size, o.patch_channels, o.num_bands,
+                                    tuple(o.max_resolution) if o.max_resolution else None)
+        channels = self.encoder.input_channels
+        self._adapter = TokenAdapter(features, channels, project=features.num_channels != channels)
+        return self._adapter
 
-    def build_adapter(self) -> nn.Module:
-        return FlowAdapter(self.features(), self.encoder.input_channels)
+    def adapter(self) -> TokenAdapter:
+        return self._adapter if self._adapter is not None else self.build_adapter()
 
     def build_queries(self) -> nn.Module:
-        return PixelQueries(self.features())
+        adapter = self.adapter()
+        return InputQueries(adapter.preprocessor, None, adapter=adapter)
 
     def decoder_config(self) -> DecoderConfig:
         latent = self.encoder.latent_channels
-        return DecoderConfig(query_channels=self.features().num_channels, num_heads=self.options.decoder_heads,
+        return DecoderConfig(query_channels=self.feature_channels, num_heads=self.options.decoder_heads,
                              qk_channels=latent, v_channels=latent, query_residual=self.options.query_residual)
 
+    @property
+    def feature_channels(self) -> int:
+        o = self.options
+        return o.patch_channels + 2 * (2 * o.num_bands + 1)  # content + 2D Fourier (positions, sines, cosines)
+
     def build_head(self) -> nn.Module:
-        return FlowHead(self.features().num_channels, self.options.output_scale)
+        return FlowHead(self.feature_channels, self.options.output_scale)
 
     def datamodule_defaults(self) -> dict[str, Any]:
         return {"image_size": list(self.image_size), "train_queries": self.options.train_queries}
@@ -162,9 +149,7 @@ class OpticalFlowTask(Task):
         """Target flow (B, S, 2) and validity (B, S) at the decoded pixels."""
         B = len(batch["target"])
         index = batch.get(QUERY_INDEX)
-        target = take_queries(batch["target"].reshape(B, -1, 2), index)
-        valid = take_queries(batch["valid"].reshape(B, -1), index)
-        return target, valid
+        return take_queries(batch["target"].reshape(B, -1, 2), index), take_queries(batch["valid"].reshape(B, -1), index)
 
     def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         target, valid = self.decoded_truth(batch)
@@ -186,18 +171,17 @@ class OpticalFlowTask(Task):
         frames = batch["inputs"]
         H, W = self.image_size
         if not isinstance(frames, torch.Tensor) or frames.dim() != 5 or tuple(frames.shape[1:]) != (2, H, W, 3):
-            got = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
-            raise ValueError(f"task {self.name!r} takes pairs of RGB frames of shape (B, 2, {H}, {W}, 3) "
-                             f"(two frames of {H} x {W}), got {got}")
+            raise TaskInputError(f"task {self.name!r} takes pairs of RGB frames of shape (B, 2, {H}, {W}, 3) "
+                                 f"(two frames of {H} x {W}), got {describe(frames)}")
 
     def make_batch(self, frame1: Any, frame2: Any = None) -> Batch:
         """Two (H, W, 3) (or (B, H, W, 3)) uint8 frames of the same size -> a batch of pairs."""
         if frame2 is None:
-            raise ValueError(f"task {self.name!r} takes two frames: predict({self.name!r}, frame1, frame2)")
+            raise TaskInputError(f"task {self.name!r} takes two frames: predict({self.name!r}, frame1, frame2)")
         first, second = (torch.as_tensor(np.asarray(f)) for f in (frame1, frame2))
         if first.shape != second.shape:
-            raise ValueError(f"task {self.name!r} takes two frames of the same size, got {tuple(first.shape)} "
-                             f"and {tuple(second.shape)}")
+            raise TaskInputError(f"task {self.name!r} takes two frames of the same size, got {tuple(first.shape)} "
+                                 f"and {tuple(second.shape)}")
         if first.dim() == 3:
             first, second = first[None], second[None]
         return {"inputs": torch.stack([first, second], dim=1).to(torch.uint8)}  # (B, 2, H, W, 3)

@@ -60,6 +60,19 @@ def test_points_of_any_range_are_those_of_the_expanded_tokens():
         assert torch.equal(tokens.points(start, stop), dense[:, start:stop])
 
 
+@pytest.mark.parametrize("make", [fourier_tokens, shared_channel_tokens])
+def test_any_points_taken_per_sample_are_those_of_the_expanded_tokens(make):
+    """Subsampled decoding takes each sample's own points (B, S) from queries kept per axis."""
+    tokens = make()
+    index = torch.stack([torch.randperm(tokens.shape[1], generator=torch.Generator().manual_seed(s))[:7]
+                         for s in range(tokens.shape[0])])
+    taken = tokens.take(index)  # before any expansion: content gathered, positions looked up per axis
+    assert not tokens.is_materialized
+    dense = tokens.materialize()
+    expected = torch.gather(dense, 1, index[..., None].expand(-1, -1, dense.shape[-1]))
+    assert torch.equal(taken, expected) and torch.equal(tokens.take(index), expected)  # and after it
+
+
 def test_inference_splits_into_whole_rows_and_training_into_lazy_points():
     tokens = shared_channel_tokens()  # 4 x 3 x 5 grid: 15 points per row
     dense = tokens.materialize()

@@ -63,6 +63,9 @@ class TokenAdapter(nn.Module):
     [pixels | Fourier] features unprojected), so their width must already be `channels`.
     """
 
+    # Set by an `InputQueries` built on this adapter: the features of the last call are kept until it takes them.
+    keep_features: bool = False
+
     def __init__(self, preprocessor: nn.Module, channels: int, key: str = "inputs", project: bool = True):
         super().__init__()
         if not project and preprocessor.num_channels != channels:
@@ -71,15 +74,23 @@ class TokenAdapter(nn.Module):
         self.preprocessor = preprocessor
         self.projection = FeatureProjection(preprocessor.channel_groups, channels) if project else None
         self.key = key
+        self._kept: tuple[Any, Any] | None = None  # (raw input, its features) for the query module of this forward
         if not project:  # grid features are then the encoder's tokens: the grid-token speedup may apply to them
             feed_encoder_as_is(preprocessor)
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         raw = batch[self.key]
         features = self.preprocessor(raw)
+        if self.keep_features:
+            self._kept = (raw, features)
         tokens = features if self.projection is None else self.projection(features)  # (B, M, channels)
         pad_mask = self.preprocessor.pad_mask(raw) if hasattr(self.preprocessor, "pad_mask") else None
         return tokens if pad_mask is None else (tokens, pad_mask)
+
+    def take_features(self, raw: Any) -> Any:
+        """The features this adapter made of `raw` in this forward (once; None if it made none of that input)."""
+        kept, self._kept = self._kept, None
+        return kept[1] if kept is not None and kept[0] is raw else None
 
 
 def batch_size_of(inputs: Any) -> int:

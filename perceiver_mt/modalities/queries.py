@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from perceiver_mt.model import FourierPositionEncoding
-from perceiver_mt.modalities.projection import FeatureProjection, batch_size_of
+from perceiver_mt.modalities.projection import FeatureProjection, TokenAdapter, batch_size_of
 
 QUERY_INDEX = "query_index"
 
@@ -33,9 +33,15 @@ def draw_query_subset(num_queries: int, num_samples: int, rng: np.random.Generat
 
 
 def take_queries(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-    """(B, O, ...) -> (B, S, ...) at positions `index` (B, S); `index` None -> `x` unchanged."""
+    """(B, O, ...) -> (B, S, ...) at positions `index` (B, S); `index` None -> `x` unchanged.
+
+    Grid features the speed layer keeps per axis (`GridTokens`, under `speed.grid_tokens`) pick their own
+    points (`take`), a plain (B, S, C) tensor, without expanding the others.
+    """
     if index is None:
         return x
+    if not isinstance(x, torch.Tensor):
+        return x.take(index)
     gather = index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(*index.shape, *x.shape[2:])
     return torch.gather(x, 1, gather)
 
@@ -108,14 +114,27 @@ class GridQueries(nn.Module):
 
 class InputQueries(nn.Module):
     """One query per input element, built from its preprocessed features (DeepMind's flow decoder, and
-    per-point outputs): preprocessor(batch[key]) (B, M, C), projected to `channels` (None: as they are)."""
+    per-point outputs): preprocessor(batch[key]) (B, M, C), projected to `channels` (None: as they are).
 
-    def __init__(self, preprocessor: nn.Module, channels: int | None, key: str = "inputs"):
+    With `adapter` (a `TokenAdapter` of the same preprocessor) the features the adapter made of this batch are
+    taken from it, not computed again: one computation per forward, whose gradient gathers both uses. Unprojected
+    under `speed.grid_tokens`, they are one GridTokens object that the encoder and the decoder then share (its
+    expansion in training, its LayerNorm statistics at inference).
+    """
+
+    def __init__(self, preprocessor: nn.Module, channels: int | None, key: str = "inputs",
+                 adapter: TokenAdapter | None = None):
         super().__init__()
         self.preprocessor = preprocessor
         self.projection = FeatureProjection(preprocessor.channel_groups, channels) if channels is not None else None
         self.key = key
         self._channels = channels or preprocessor.num_channels
+        if adapter is not None:
+            if adapter.preprocessor is not preprocessor or adapter.key != key:
+                raise ValueError("InputQueries can reuse only the features of an adapter of the same preprocessor "
+                                 "and input key")
+            adapter.keep_features = True
+        self._adapter = [adapter] if adapter is not None else []  # a list: not registered twice as a submodule
 
     @property
     def num_channels(self) -> int:
@@ -126,5 +145,11 @@ class InputQueries(nn.Module):
         return self.preprocessor.num_tokens
 
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        features = take_queries(self.preprocessor(batch[self.key]), batch.get(QUERY_INDEX))  # (B, S, C)
-        return features if self.projection is None else self.projection(features)
+        raw = batch[self.key]
+        features = self._adapter[0].take_features(raw) if self._adapter else None
+        if features is None:  # no adapter, or recomputed alone (activation checkpointing)
+            features = self.preprocessor(raw)
+        features = take_queries(features, batch.get(QUERY_INDEX))  # (B, S, C)
+        if self.projection is None:
+            return features
+        return self.projection(features if isinstance(features, torch.Tensor) else features.materialize())

@@ -105,11 +105,24 @@ class GridTokens:
     def points(self, start: int, stop: int) -> torch.Tensor:
         """The expanded tokens of points [start, stop) only: (B, stop - start, C)."""
         index = torch.arange(start, stop, device=self.content.device)
-        positions = 0
-        for table, size, stride in zip(self.tables, self.grid, _strides(self.grid)):  # summed as materialize() does
-            positions = positions + table[(index // stride) % size]  # this axis's index of every point
         B = self.content.shape[0]
-        return torch.cat([self.content[:, start:stop], positions.expand(B, -1, -1)], dim=-1)
+        return torch.cat([self.content[:, start:stop], self._positions_at(index).expand(B, -1, -1)], dim=-1)
+
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        """The expanded tokens of points `index` (B, S) of each sample: (B, S, C), as gathering from
+        `materialize()` (which it reuses if it was built) without expanding the other points."""
+        if self.is_materialized:
+            tokens = self.materialize()
+            return torch.gather(tokens, 1, index[..., None].expand(*index.shape, tokens.shape[-1]))
+        content = torch.gather(self.content, 1, index[..., None].expand(*index.shape, self.content_channels))
+        return torch.cat([content, self._positions_at(index)], dim=-1)
+
+    def _positions_at(self, index: torch.Tensor) -> torch.Tensor:
+        """Position features of points `index` (any shape): (*index.shape, Cp), summed as materialize() sums them."""
+        positions = 0
+        for table, size, stride in zip(self.tables, self.grid, _strides(self.grid)):
+            positions = positions + table[(index // stride) % size]  # this axis's index of every point
+        return positions
 
     def centring(self, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
         """([content, -mean] (B, M, Cc + 1), rstd (B, M)) of LayerNorm with `eps`: computed once per tokens, as an
