@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from perceiver_mt.modalities.checks import TaskInputError, describe
-from perceiver_mt.modalities.grid import GridPatches
+from perceiver_mt.modalities.grid import FeaturesOfPatches, GridPatches
 
 FREQUENCY_SCALES = ("mel", "log")  # band spacing of LogMelPatches: mel filters, or equal steps in log frequency
 
@@ -150,7 +150,7 @@ class WaveformPatches(GridPatches):
         return super().forward(waveform.unsqueeze(-1))
 
 
-class LogMelPatches(nn.Module):
+class LogMelPatches(FeaturesOfPatches):
     """Mono waveforms (B, T)  ->  log-mel (B, frames, n_mels)  ->  features (B, M, pt * pf + P).
 
     Tokens are patches of `patch` = (pt frames x pf mel bands), with 2D Fourier features of the patch
@@ -186,18 +186,6 @@ class LogMelPatches(nn.Module):
         self.normalize = normalize
         self.patches = GridPatches((self.frames, n_mels), tuple(patch), 1, position, num_bands,
                                    position_axes=None if frequency_position else (0,))
-
-    @property
-    def channel_groups(self) -> tuple[int, int]:
-        return self.patches.channel_groups
-
-    @property
-    def num_channels(self) -> int:
-        return self.patches.num_channels
-
-    @property
-    def num_tokens(self) -> int:
-        return self.patches.num_tokens
 
     def log_mel(self, waveform: torch.Tensor) -> torch.Tensor:
         """(B, T) -> (B, frames, n_mels), cropped to whole patches (and standardised per clip if `normalize`)."""

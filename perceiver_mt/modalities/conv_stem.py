@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from perceiver_mt.modalities.grid import GridPatches
+from perceiver_mt.modalities.grid import FeaturesOfPatches, GridPatches
 
 KERNEL, STRIDE, POOL = 7, 2, 3
 
@@ -37,7 +37,7 @@ class ConvStem(nn.Module):
         return self.pool(torch.relu(self.batchnorm(self.conv(images))))
 
 
-class ConvImagePatches(nn.Module):
+class ConvImagePatches(FeaturesOfPatches):
     """Images (B, H, W, C) (or grey (B, H, W)) -> features (B, H' * W', conv_channels + P): the stem's output per position, then
     its position code on the stem's output grid (Fourier or learned, as `GridPatches`)."""
 
@@ -48,18 +48,6 @@ class ConvImagePatches(nn.Module):
         self.stem = ConvStem(channels, conv_channels)
         grid = tuple(stem_output_size(int(s)) for s in image_size)
         self.patches = GridPatches(grid, (1, 1), conv_channels, position, num_bands, max_resolution, learned_channels)
-
-    @property
-    def channel_groups(self) -> tuple[int, int]:
-        return self.patches.channel_groups
-
-    @property
-    def num_channels(self) -> int:
-        return self.patches.num_channels
-
-    @property
-    def num_tokens(self) -> int:
-        return self.patches.num_tokens
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() == 3:  # grey (B, H, W)

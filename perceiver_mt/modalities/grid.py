@@ -130,6 +130,26 @@ class GridPatches(nn.Module):
                                                    **encoding.feature_options)
 
 
+
+class FeaturesOfPatches(nn.Module):
+    """A preprocessor whose features are made last by a `GridPatches` it holds as `patches` (a conv stem's
+    output, a log-mel spectrogram): its channel groups, width and token count are those patches'."""
+
+    patches: GridPatches
+
+    @property
+    def channel_groups(self) -> tuple[int, int]:
+        return self.patches.channel_groups
+
+    @property
+    def num_channels(self) -> int:
+        return self.patches.num_channels
+
+    @property
+    def num_tokens(self) -> int:
+        return self.patches.num_tokens
+
+
 def feed_encoder_as_is(preprocessor: nn.Module) -> None:
     """Say that `preprocessor`'s features go to the encoder as they are (`TokenAdapter(project=False)`): a
     GridPatches (or one held as `patches` and run last, as `ConvImagePatches` and `LogMelPatches` do) then
