@@ -117,6 +117,10 @@ def test_optical_flow_matches(tmp_path, shape_for_attention):
     assert expected.shape == (2, *size, 2)
     assert expected.abs().max() > 1e-3  # a flow, not zeros
     assert (got - expected).abs().max() < TOLERANCE
+    from perceiver_mt.inference import Predictor
+
+    served = Predictor.from_pretrained(tmp_path / "ours").predict("optical_flow", *frames[1].numpy())  # two frames
+    assert served.shape == (*size, 2) and (served - expected[1]).abs().max() < TOLERANCE
 
 
 def test_optical_flow_checkpoint_with_other_patches_is_one_line(tmp_path):
