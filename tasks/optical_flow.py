@@ -22,6 +22,8 @@ Parameters (Hugging Face `PerceiverForOpticalFlow` in brackets): `adapter.prepro
 [input_preprocessor.conv_after_patches], the same module as `queries.preprocessor.project`;
 `adapter.projection` only when the features are projected; `decoder.cross_attention`
 [decoder.decoder.decoding_cross_attention]; `head` [decoder.decoder.final_layer].
+`python -m perceiver_mt.convert hf deepmind/optical-flow-perceiver --out DIR` converts DeepMind's weights
+into this task at their settings (perceiver_mt/convert/hf_flow.py).
 """
 
 from __future__ import annotations
