@@ -5,6 +5,8 @@
     python -m benchmarks.media_accuracy --flow runs/optical_flow/checkpoints/last.ckpt \
         --av runs/av_autoencoding/checkpoints/last.ckpt [--out benchmarks/results/media.json --figure docs/media.png]
 
+With one of --flow / --av, an existing --out file keeps the other task's figures (and --figure draws both).
+
 Optical flow: end-point error (pixels, lower is better) of the model, of zero flow and of OpenCV's
 Farneback on the held-out synthetic test set (photos training never sees), on Middlebury's motorcycle
 pair and on OpenCV's graf pair (where opencv-doc is installed), each at the task's working resolution.
@@ -134,11 +136,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     av = av_figures(Predictor.from_checkpoint(args.av), args.av_task) if args.av else None
     print("\n".join(report(flow, av)))
     results = {"optical_flow": flow, "av_autoencoding": av}
+    if args.out and Path(args.out).is_file():  # a part not measured this time keeps its earlier figures
+        earlier = json.loads(Path(args.out).read_text())
+        results = {part: figures if figures is not None else earlier.get(part) for part, figures in results.items()}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2))
     if args.figure:
-        draw(flow, av, Path(args.figure))
+        draw(results["optical_flow"], results["av_autoencoding"], Path(args.figure))
     return results
 
 

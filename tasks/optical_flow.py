@@ -22,6 +22,8 @@ Parameters (Hugging Face `PerceiverForOpticalFlow` in brackets): `adapter.prepro
 [input_preprocessor.conv_after_patches], the same module as `queries.preprocessor.project`;
 `adapter.projection` only when the features are projected; `decoder.cross_attention`
 [decoder.decoder.decoding_cross_attention]; `head` [decoder.decoder.final_layer].
+`python -m perceiver_mt.convert hf deepmind/optical-flow-perceiver --out DIR` converts DeepMind's weights
+into this task at their settings (perceiver_mt/convert/hf_flow.py).
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ class OpticalFlowOptions:
     num_bands: int = 64  # Fourier bands per axis (DeepMind: 64 -> 322 channels in all)
     max_resolution: list[int] | None = None  # Fourier frequencies up to this / 2; None = image_size (DeepMind)
     decoder_heads: int = 1
+    # The decoder's query/key and value widths; None = the latent width (DeepMind's and Hugging Face's default
+    # when the config's cross_attention_shape_for_attention is "kv"; "q" makes them the query width).
+    decoder_qk_channels: int | None = None
+    decoder_v_channels: int | None = None
     # Add each pixel's query (its own patch features) back after the decoder's attention, so the decoder's MLP
     # sees the pixel's appearance directly, not only through where it attends (DeepMind: off).
     query_residual: bool = False
@@ -129,9 +135,10 @@ class OpticalFlowTask(Task):
         return InputQueries(adapter.preprocessor, None, adapter=adapter)
 
     def decoder_config(self) -> DecoderConfig:
-        latent = self.encoder.latent_channels
-        return DecoderConfig(query_channels=self.feature_channels, num_heads=self.options.decoder_heads,
-                             qk_channels=latent, v_channels=latent, query_residual=self.options.query_residual)
+        o, latent = self.options, self.encoder.latent_channels
+        qk = o.decoder_qk_channels or latent
+        return DecoderConfig(query_channels=self.feature_channels, num_heads=o.decoder_heads, qk_channels=qk,
+                             v_channels=o.decoder_v_channels or qk, query_residual=o.query_residual)
 
     @property
     def feature_channels(self) -> int:

@@ -90,6 +90,51 @@ def test_image_classifier_logits_match(tmp_path, architecture, size, channels):
     assert (got - expected).abs().max() < TOLERANCE
 
 
+def hf_flow_patches(frames: torch.Tensor) -> torch.Tensor:
+    """(B, 2, H, W, 3) uint8 frames -> HF's flow input (B, 2, 27, H, W): each pixel's 3x3 patch, values (row,
+    column, colour), frames scaled to [-1, 1] and zero-padded (DeepMind's example), by slicing (not our code)."""
+    H, W = frames.shape[2:4]
+    padded = torch.nn.functional.pad(frames.double() / 127.5 - 1, (0, 0, 1, 1, 1, 1))  # pads W, then H
+    patches = torch.stack([padded[:, :, r:r + H, c:c + W] for r in range(3) for c in range(3)], dim=-2)
+    return patches.flatten(-2).permute(0, 1, 4, 2, 3).float()  # (B, 2, 9 * 3, H, W)
+
+
+@pytest.mark.parametrize("shape_for_attention", ["kv", pytest.param("q", marks=pytest.mark.slow)])
+def test_optical_flow_matches(tmp_path, shape_for_attention):
+    """DeepMind's flow network: HF's patches + conv_after_patches + Fourier features + per-pixel queries; the
+    decoder's widths follow cross_attention_shape_for_attention ("q": the 322-wide queries)."""
+    size = (6, 8)
+    hf = saved_hf_model(transformers.PerceiverForOpticalFlow, tmp_path / "hf", **SMALL, train_size=list(size),
+                        cross_attention_shape_for_attention=shape_for_attention)
+    ours, config = converted(tmp_path / "hf", tmp_path)
+    flow = config.tasks["optical_flow"]
+    assert flow.plugin == "optical_flow" and config.model.input_channels == 322  # unprojected, as HF's encoder
+    assert flow.options["output_scale"] == 100 and flow.options["image_size"] == list(size)
+    frames = torch.randint(0, 256, (2, 2, *size, 3), generator=torch.Generator().manual_seed(4), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = hf(inputs=hf_flow_patches(frames)).logits  # (B, H, W, 2)
+        got = ours("optical_flow", {"inputs": frames}).reshape(2, *size, 2)
+    assert expected.shape == (2, *size, 2)
+    assert expected.abs().max() > 1e-3  # a flow, not zeros
+    assert (got - expected).abs().max() < TOLERANCE
+    from perceiver_mt.inference import Predictor
+
+    served = Predictor.from_pretrained(tmp_path / "ours").predict("optical_flow", *frames[1].numpy())  # two frames
+    assert served.shape == (*size, 2) and (served - expected[1]).abs().max() < TOLERANCE
+
+
+def test_optical_flow_checkpoint_with_other_patches_is_one_line(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    saved_hf_model(transformers.PerceiverForOpticalFlow, tmp_path / "hf", **SMALL, train_size=[6, 8])
+    weights = tmp_path / "hf" / "model.safetensors"
+    state = load_file(str(weights))
+    state["perceiver.input_preprocessor.conv_after_patches.weight"] = torch.zeros(64, 27)  # one frame's patches
+    save_file(state, str(weights), metadata={"format": "pt"})
+    with pytest.raises(ConversionError, match=r"conv_after_patches maps 54 patch values .* weight is \(64, 27\)$"):
+        convert_hf(tmp_path / "hf")
+
+
 def test_unknown_architecture_is_one_line(tmp_path):
     transformers.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
                             architectures=["BertForMaskedLM"]).save_pretrained(tmp_path / "bert")

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import torch
 
+from perceiver_mt.convert.hf_flow import convert_optical_flow
 from perceiver_mt.convert.hf_images import convert_conv, convert_fourier, convert_learned
 from perceiver_mt.convert.hf_layers import ConversionError
 from perceiver_mt.convert.hf_text import convert_masked_lm, convert_model
@@ -26,6 +27,7 @@ CONVERTERS: dict[str, Converter] = {
     "PerceiverForImageClassificationFourier": convert_fourier,
     "PerceiverForImageClassificationConvProcessing": convert_conv,
     "PerceiverForImageClassificationLearned": convert_learned,
+    "PerceiverForOpticalFlow": convert_optical_flow,
 }
 # Converters that take the image size (their HF config does not fix it).
 IMAGE_CONVERTERS = {"PerceiverForImageClassificationFourier", "PerceiverForImageClassificationConvProcessing",

@@ -1,0 +1,63 @@
+"""Optical flow trains beside the other tasks: configs/modalities.yaml plus the task added by dotted overrides
+(the README's lines, at debug size here), every task logging a training loss and its evaluation metrics."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from helpers import REPO
+from perceiver_mt.config import load_config
+
+# What the README adds to `python train.py --config configs/modalities.yaml`, at configs/debug_media.yaml's size.
+FLOW_OVERRIDES = [
+    "tasks.optical_flow.plugin=optical_flow",
+    "tasks.optical_flow.options={image_size: [16, 24], patch_channels: 8, num_bands: 4, train_queries: 64, "
+    "output_scale: 1.0, query_residual: true}",
+    "tasks.optical_flow.data={batch_size: 4, train_samples: 32, val_samples: 4, test_samples: 4}",
+]
+DEBUG_SIZE = [  # a small encoder, two steps per task (round robin over seven), one evaluation batch each
+    "model.input_channels=16", "model.num_latents=8", "model.latent_channels=32",
+    "model.num_self_attention_heads=2", "model.num_self_attends_per_block=1", "model.num_blocks=1",
+    "optim.warmup_steps=2", "trainer.max_steps=14", "trainer.val_check_interval=14", "trainer.log_every_n_steps=1",
+    "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false", "logger.kind=csv", "logger.conflict_every_n_steps=0",
+]
+EVALUATION = {"optical_flow": "epe", "pydoc_mlm": "acc"}  # the others are classifiers: accuracy
+
+
+def skip_without_data() -> None:
+    from datamodules.fortunes import load_quotes
+    from datamodules.gcin_tones import find_clips
+    from datamodules.mnist import load_mnist
+    from perceiver_mt.packaged_data import MissingData
+
+    for load in (load_mnist, find_clips, load_quotes):
+        try:
+            load()
+        except MissingData as missing:
+            pytest.skip(str(missing))
+
+
+@pytest.mark.slow
+def test_optical_flow_trains_with_the_modalities_config(tmp_path):
+    skip_without_data()
+    from perceiver_mt.run import train
+
+    config = load_config(REPO / "configs" / "modalities.yaml",
+                         [*FLOW_OVERRIDES, *DEBUG_SIZE, f"output_dir={tmp_path / 'run'}",
+                          *(f"tasks.{t}.data.batch_size=4" for t in ("digits", "pydoc_mlm", "mnist", "mnist_points",
+                                                                      "tones", "languages"))])
+    assert len(config.tasks) == 7 and config.tasks["optical_flow"].options["image_size"] == [16, 24]
+    metrics = train(config)
+    assert set(metrics) == set(config.tasks)
+    for task, row in metrics.items():
+        metric = EVALUATION.get(task, "acc")
+        assert {f"val/{metric}", f"test/{metric}", "test/loss"} <= set(row), (task, sorted(row))
+    assert metrics["optical_flow"]["test/epe"] > 0 and metrics["optical_flow"]["test/zero_flow_epe"] > 0
+    with open(tmp_path / "run" / "logs" / "version_0" / "metrics.csv") as log:
+        rows = list(csv.DictReader(log))
+    for task in config.tasks:  # a training loss logged for every task
+        losses = [r[key] for r in rows for key in (f"train/{task}/loss", f"train/{task}/loss_step") if r.get(key)]
+        assert losses and all(float(v) >= 0 for v in losses), task
