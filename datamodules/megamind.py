@@ -5,8 +5,9 @@ One clip: a demonstration of multimodal autoencoding, not a benchmark. Training 
 in the first 80% of the clip; evaluation windows lie wholly in the last 20% (validation in its first
 half, test in its second), so no evaluated frame or sample was ever trained on.
 
-A sample: {"inputs": {"video": (T, H, W, 3) uint8, "audio": (S,) float32 mono at 48 kHz}, "index": int64};
-the target of autoencoding is the input itself. S = the window's duration in samples (2002 per frame).
+A sample: {"inputs": {"audio": (S,) float32 mono at 48 kHz, "image": (T, H, W, 3) uint8}, "index": int64}
+("image" holds the video frames, Hugging Face's name for that modality); the target of autoencoding is the
+input itself. S = the window's duration in samples (2002 per frame).
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from torch.utils.data import Dataset
 
 from datamodules.flow_scenes import OPENCV_SAMPLES, require
 from perceiver_mt.data import InMemoryDataModule
+from perceiver_mt.modalities import QUERY_INDEX, draw_query_subset
 
 CLIP = OPENCV_SAMPLES / "Megamind.avi"
 SAMPLE_RATE = 48_000
 TRAIN_FRACTION = 0.8
-QUERY_INDEX = "query_index"  # the outputs a training step decodes, per modality (the task reads it)
 
 
 @dataclass
@@ -88,7 +89,7 @@ def window_starts(clip: Clip, split: str, frames: int, eval_stride: int) -> list
 
 
 class ClipWindows(Dataset):
-    """Windows of `frames` frames from `starts`. With `query_counts` ({"video": n, "audio": m}, training) each
+    """Windows of `frames` frames from `starts`. With `query_counts` ({"image": n, "audio": m}, training) each
     also carries `query_index`: n pixels and m audio patches drawn from rng (seed, epoch, start), which the
     task decodes instead of all of them (subsampled decoding)."""
 
@@ -115,21 +116,20 @@ class ClipWindows(Dataset):
         audio = self.clip.audio[first_sample:first_sample + self.audio_samples]
         audio = np.pad(audio, (0, self.audio_samples - len(audio)))  # the audio ends 1/30 s before the video
         video = self.clip.video[start:start + self.frames]
-        sample = {"inputs": {"video": torch.from_numpy(video), "audio": torch.from_numpy(audio)},
+        sample = {"inputs": {"audio": torch.from_numpy(audio), "image": torch.from_numpy(video)},
                   "index": torch.tensor(start, dtype=torch.long)}
-        totals = {"video": video.shape[0] * video.shape[1] * video.shape[2],
-                  "audio": self.audio_samples // self.samples_per_patch}
+        totals = {"audio": self.audio_samples // self.samples_per_patch,
+                  "image": video.shape[0] * video.shape[1] * video.shape[2]}
         if any(0 < self.query_counts.get(m, 0) < n for m, n in totals.items()):
             rng = np.random.default_rng((self.seed, self.epoch, start))
-            sample[QUERY_INDEX] = {m: torch.from_numpy(np.sort(rng.choice(n, min(self.query_counts.get(m) or n, n),
-                                                                          replace=False)))
+            sample[QUERY_INDEX] = {m: draw_query_subset(n, min(self.query_counts.get(m) or n, n), rng)
                                    for m, n in totals.items()}
         return sample
 
 
 class MegamindDataModule(InMemoryDataModule):
     def __init__(self, batch_size: int = 8, frames: int = 8, image_size: tuple[int, int] = (48, 64),
-                 eval_stride: int = 2, samples_per_frame: int = 2002, train_video_queries: int = 0,
+                 eval_stride: int = 2, samples_per_frame: int = 2002, train_image_queries: int = 0,
                  train_audio_queries: int = 0, samples_per_patch: int = 16, path: str = str(CLIP), seed: int = 0,
                  num_workers: int = 0):
         super().__init__(batch_size, seed, num_workers)
@@ -139,7 +139,7 @@ class MegamindDataModule(InMemoryDataModule):
         self.path = path
         self.audio_samples = frames * samples_per_frame  # per window
         # Outputs decoded per training window (0 = all); set from the task's options.
-        self.query_counts = {"video": train_video_queries, "audio": train_audio_queries}
+        self.query_counts = {"image": train_image_queries, "audio": train_audio_queries}
         self.samples_per_patch = samples_per_patch
 
     def build_splits(self) -> dict[str, Dataset]:

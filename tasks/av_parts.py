@@ -1,96 +1,84 @@
-"""Parts of the audio-video autoencoder: modality features, multimodal padding, output queries, PSNR.
+"""Parts of the audio-video autoencoder that the modality kit does not hold: the masked label input, the
+per-modality output heads, and PSNR against the best constant prediction.
 
-DeepMind's multimodal scheme (Perceiver IO, Kinetics autoencoding): each modality is preprocessed on
-its own (video: space-time patches + 3D Fourier features; audio: patches of raw samples + 1D Fourier
-features), padded to one common width with a trainable vector per modality, and concatenated. The
-decoder's queries are built the same way from position features only (one group per modality), and the
-decoder's outputs are split back by modality.
+DeepMind's Kinetics autoencoder (and Hugging Face's `PerceiverForMultimodalAutoencoding`) decodes every
+modality with one shared decoder whose outputs go through one shared Linear (`final`, HF's
+`decoder.decoder.final_layer`) and then one Linear per modality (HF's `output_postprocessor.modalities.<m>`).
 """
 
 from __future__ import annotations
 
-import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 from torchmetrics import Metric
 
-from perceiver_mt.model import fourier_features, linear_positions
+from perceiver_mt.model import fourier_features
+from perceiver_mt.modalities import GridQueries, split_modalities
 
 
-class GridFourier(nn.Module):
-    """Fourier features of a full grid `index_dims`, or of chosen points of it: (B, M or S, C)."""
+class MaskedLabel(nn.Module):
+    """The label modality's input, always masked (DeepMind's mask probability 1 for labels): whatever the batch
+    holds, one token per sample made of a trainable vector of `num_labels` channels, which the multimodal
+    padding then extends. The autoencoder so never sees the label and must predict it: a classifier.
 
-    def __init__(self, index_dims: Sequence[int], num_bands: int):
+    (Hugging Face keeps the whole padded mask token as `input_preprocessor.mask.label`: its first num_labels
+    channels are `mask` here, the rest this modality's padding.)
+    """
+
+    def __init__(self, num_labels: int):
         super().__init__()
-        positions = linear_positions(index_dims)  # (M, D), row-major
-        self.register_buffer("table", fourier_features(positions, num_bands, tuple(index_dims)), persistent=False)
+        self.mask = nn.Parameter(torch.empty(num_labels))
+        nn.init.trunc_normal_(self.mask, std=0.02, a=-0.04, b=0.04)
 
     @property
     def num_channels(self) -> int:
-        return self.table.shape[-1]
+        return self.mask.shape[0]
 
-    def forward(self, batch_size: int, index: torch.Tensor | None = None) -> torch.Tensor:
-        return self.table.expand(batch_size, -1, -1) if index is None else self.table[index]
+    @property
+    def num_tokens(self) -> int:
+        return 1
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.mask.expand(len(labels), 1, -1)  # (B, 1, num_labels)
 
 
-class VideoFeatures(nn.Module):
-    """(B, T, H, W, 3) uint8 -> (B, T/t * H/k * W/k, t*k*k*3 + Fourier): space-time patches, values in [-1, 1].
+def index_grid_queries(index_dims: Sequence[int], channels: None, num_bands: int,
+                       max_resolution: Sequence[int]) -> GridQueries:
+    """`GridQueries` of raw Fourier features whose point i of an axis of n sits at -1 + 2 i / n, not at the grid's
+    -1 + 2 i / (n - 1): Hugging Face's `PerceiverBasicDecoder.decoder_query` with `subsampled_output_points`
+    (its multimodal autoencoder decodes only that way). Subsets still take their rows from the full table."""
+    queries = GridQueries(index_dims, channels, num_bands=num_bands, max_resolution=max_resolution)
+    axes = [torch.arange(n, dtype=torch.float64) * 2 / n - 1 for n in index_dims]
+    positions = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(index_dims))
+    table = queries.table
+    table.features = fourier_features(positions, **table.feature_options).float()
+    return queries
 
-    Patch values are in (t, k, k, colour) order, tokens row-major over the patch grid (DeepMind's
-    space-to-depth).
+
+class ModalityHeads(nn.Module):
+    """Decoder outputs (B, O, Cq) of all modalities' queries  ->  {modality: (B, O_m, outputs_m)}.
+
+    One shared Linear to `output_channels`, then each modality's own Linear on that modality's queries only.
+    Which queries belong to which modality follows from O: `layouts` lists the per-modality query counts a
+    forward may decode (all of them in evaluation, the training subsets), and a layout's total identifies it.
     """
 
-    def __init__(self, frames: int, image_size: Sequence[int], patch: int, temporal_patch: int, num_bands: int):
+    def __init__(self, query_channels: int, output_channels: int, outputs: Mapping[str, int],
+                 layouts: Sequence[Mapping[str, int]]):
         super().__init__()
-        H, W = image_size
-        self.block = (temporal_patch, patch, patch)
-        self.grid = (frames // temporal_patch, H // patch, W // patch)
-        self.position = GridFourier(self.grid, num_bands)
-        self.num_channels = math.prod(self.block) * 3 + self.position.num_channels
+        self.final = nn.Linear(query_channels, output_channels)
+        self.modalities = nn.ModuleDict({m: nn.Linear(output_channels, n) for m, n in sorted(outputs.items())})
+        self.layouts = {sum(layout.values()): dict(layout) for layout in layouts}
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        B = len(video)
-        (t, k, _), (gt, gh, gw) = self.block, self.grid
-        x = video.float().div(127.5).sub(1.0).reshape(B, gt, t, gh, k, gw, k, 3)
-        patches = x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(B, gt * gh * gw, t * k * k * 3)
-        return torch.cat([patches, self.position(B)], dim=-1)
-
-
-class AudioFeatures(nn.Module):
-    """(B, S) samples -> (B, S / p, p + Fourier): consecutive patches of `p` samples (DeepMind: 16), scaled by
-    `gain` so speech-level audio has about unit variance."""
-
-    def __init__(self, num_samples: int, samples_per_patch: int, num_bands: int, gain: float):
-        super().__init__()
-        self.patch = samples_per_patch
-        self.gain = gain
-        self.position = GridFourier((num_samples // samples_per_patch,), num_bands)
-        self.num_channels = samples_per_patch + self.position.num_channels
-
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        B = len(audio)
-        patches = audio.float().mul(self.gain).reshape(B, -1, self.patch)  # (B, S/p, p)
-        return torch.cat([patches, self.position(B)], dim=-1)
-
-
-class ModalityPadding(nn.Module):
-    """(B, M, C_m) -> (B, M, width): the features, then this modality's trainable padding (init scale 0.02)."""
-
-    def __init__(self, channels: int, width: int):
-        super().__init__()
-        self.padding = nn.Parameter(torch.empty(width - channels))
-        nn.init.trunc_normal_(self.padding, std=0.02, a=-0.04, b=0.04)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        B, M, _ = features.shape
-        return torch.cat([features, self.padding.to(features.dtype).expand(B, M, -1)], dim=-1)
-
-
-def padded_width(widths: Sequence[int], min_padding: int) -> int:
-    """The common width of several modalities: the widest plus `min_padding` channels every modality pads."""
-    return max(widths) + min_padding
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        sizes = self.layouts.get(x.shape[1])
+        if sizes is None:
+            raise ValueError(f"{x.shape[1]} decoded queries match no layout of the modalities "
+                             f"({', '.join(f'{o}: {l}' for o, l in self.layouts.items())}); per-modality heads cannot "
+                             "run on chunks of queries (speed.query_chunk_size)")
+        return {m: self.modalities[m](self.final(part)) for m, part in split_modalities(x, sizes).items()}
 
 
 class ReconstructionPSNR(Metric):

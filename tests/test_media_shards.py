@@ -76,7 +76,7 @@ def test_both_tasks_train_together_from_shards(shards, tmp_path):
         config.tasks[name].data = {"name": "webdataset", "root": str(shards[name]), "batch_size": 2}
     metrics = train(config)
     assert metrics["optical_flow"]["val/epe"] > 0 and metrics["optical_flow"]["val/zero_flow_epe"] > 0
-    assert {"val/psnr_video", "val/psnr_audio", "val/baseline_psnr_video"} <= set(metrics["av_autoencoding"])
+    assert {"val/psnr_image", "val/psnr_audio", "val/baseline_psnr_image"} <= set(metrics["av_autoencoding"])
 
 
 @pytest.mark.parametrize("name", TASKS)
@@ -94,6 +94,6 @@ def test_each_task_trains_alone_and_its_checkpoint_predicts(tmp_path, name):
         assert predictor.predict(name, frames[0], frames[1]).shape == (16, 24, 2)
     else:
         rebuilt = predictor.predict(name, torch.zeros(2, 16, 24, 3, dtype=torch.uint8).numpy(), torch.zeros(4004).numpy())
-        assert rebuilt["video"].shape == (2, 16, 24, 3)
+        assert rebuilt["image"].shape == (2, 16, 24, 3)
     media = list((tmp_path / "media").rglob("*.png"))  # the task's pictures from validation, as files
     assert media, f"no media under {tmp_path / 'media'}"

@@ -18,6 +18,7 @@ import torch
 from perceiver_mt.convert.hf_flow import convert_optical_flow
 from perceiver_mt.convert.hf_images import convert_conv, convert_fourier, convert_learned
 from perceiver_mt.convert.hf_layers import ConversionError
+from perceiver_mt.convert.hf_multimodal import convert_multimodal_autoencoding
 from perceiver_mt.convert.hf_text import convert_masked_lm, convert_model
 
 Converter = Callable[..., tuple[dict[str, Any], dict[str, torch.Tensor]]]
@@ -28,6 +29,7 @@ CONVERTERS: dict[str, Converter] = {
     "PerceiverForImageClassificationConvProcessing": convert_conv,
     "PerceiverForImageClassificationLearned": convert_learned,
     "PerceiverForOpticalFlow": convert_optical_flow,
+    "PerceiverForMultimodalAutoencoding": convert_multimodal_autoencoding,
 }
 # Converters that take the image size (their HF config does not fix it).
 IMAGE_CONVERTERS = {"PerceiverForImageClassificationFourier", "PerceiverForImageClassificationConvProcessing",
