@@ -47,6 +47,14 @@ class MandarinTonesOptions(AudioOptions):
     # The two speakers' voices lie 2.7x apart (median F0 350 and 130 Hz): training hears every clip up to 3x
     # higher or lower at its own tempo, so tones are told by their contour, not by the voice's range.
     pitch_shift: float = 3.0
+    # Bands equally spaced in log frequency over the voices' pitch and first harmonics, and tokens coded by
+    # their time only: a higher voice is the same picture moved along the bands, which no token's code tells
+    # apart (held-out speaker 0.56 after 900 steps, against 0.50 with mel bands up to 1.5 kHz).
+    frequency_scale: str = "log"
+    f_min: float = 60.0
+    f_max: float = 2000.0
+    n_fft: int = 1024  # 15.6 Hz bins: the lowest log bands still hold a bin
+    frequency_position: bool = False
 
 
 class AudioClassificationTask(ClassificationTask):
