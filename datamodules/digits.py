@@ -9,12 +9,14 @@ from torch.utils.data import Dataset
 from perceiver_mt.data import InMemoryDataModule
 
 
-class DigitsDataset(Dataset):
-    """Images in [0, 1]. With `max_shift` > 0 each image moves by up to that many pixels per axis (zero
-    fill), drawn from (seed, epoch, index) so a sample is the same on any number of ranks."""
+class ShiftedImages(Dataset):
+    """Grey images (N, H, W) with values in [0, max_value], served in [0, 1]. With `max_shift` > 0 each image
+    moves by up to that many pixels per axis (zero fill), drawn from (seed, epoch, index) so a sample is the
+    same on any number of ranks. (The 8x8 digits here, MNIST in datamodules/mnist.py.)"""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, ids: np.ndarray, max_shift: int = 0, seed: int = 0):
-        self.images = torch.as_tensor(images, dtype=torch.float32) / 16.0  # (N, 8, 8) in [0, 1]
+    def __init__(self, images: np.ndarray, labels: np.ndarray, ids: np.ndarray, max_value: float,
+                 max_shift: int = 0, seed: int = 0):
+        self.images = torch.as_tensor(images, dtype=torch.float32) / max_value
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.ids = torch.as_tensor(ids, dtype=torch.long)
         self.max_shift = max_shift
@@ -64,7 +66,7 @@ class DigitsDataModule(InMemoryDataModule):
         digits = load_digits()
         splits = split_indices(len(digits.target), self.val_fraction, self.test_fraction, self.split_seed)
         return {
-            split: DigitsDataset(digits.images[ids], digits.target[ids], ids,
+            split: ShiftedImages(digits.images[ids], digits.target[ids], ids, 16.0,
                                  max_shift=self.max_shift if split == "train" else 0, seed=self.seed)
             for split, ids in splits.items()
         }

@@ -14,10 +14,9 @@ import functools
 import json
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
-from datamodules.digits import shift_image, split_indices
+from datamodules.digits import ShiftedImages, split_indices
 from perceiver_mt.data import InMemoryDataModule
 from perceiver_mt.packaged_data import debian_path, npm_package_dir
 
@@ -58,32 +57,6 @@ def load_opencv_digits() -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-class MnistDataset(Dataset):
-    """Images in [0, 1], (28, 28). With `max_shift` > 0 each image moves by up to that many pixels per axis,
-    drawn from (seed, epoch, index) so a sample is the same on any number of ranks."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, ids: np.ndarray, max_shift: int = 0, seed: int = 0):
-        self.images = torch.as_tensor(images, dtype=torch.float32) / 255.0
-        self.labels = torch.as_tensor(labels, dtype=torch.long)
-        self.ids = torch.as_tensor(ids, dtype=torch.long)
-        self.max_shift = max_shift
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        image = self.images[i]
-        if self.max_shift:
-            rng = np.random.default_rng((self.seed, self.epoch, i))
-            image = shift_image(image, *(int(d) for d in rng.integers(-self.max_shift, self.max_shift + 1, 2)))
-        return {"inputs": image, "target": self.labels[i], "index": self.ids[i]}
-
-
 class MnistDataModule(InMemoryDataModule):
     def __init__(self, batch_size: int = 64, val_fraction: float = 0.05, test_fraction: float = 0.2,
                  split_seed: int = 0, seed: int = 0, num_workers: int = 0, max_shift: int = 2,
@@ -100,10 +73,10 @@ class MnistDataModule(InMemoryDataModule):
     def build_splits(self) -> dict[str, Dataset]:
         images, labels = load_mnist()
         splits = split_indices(len(labels), self.val_fraction, self.test_fraction, self.split_seed)
-        datasets = {split: MnistDataset(images[ids], labels[ids], ids, self.max_shift if split == "train" else 0,
-                                        self.seed)
+        datasets = {split: ShiftedImages(images[ids], labels[ids], ids, 255.0,
+                                         max_shift=self.max_shift if split == "train" else 0, seed=self.seed)
                     for split, ids in splits.items()}
         if self.test_source == "opencv":
             images, labels = load_opencv_digits()
-            datasets["test"] = MnistDataset(images, labels, np.arange(len(labels)))
+            datasets["test"] = ShiftedImages(images, labels, np.arange(len(labels)), 255.0)
         return datasets

@@ -160,7 +160,7 @@ def test_mnist_can_test_on_opencv_digits_instead(mnist):
 
 
 def test_per_class_splits_mix_the_classes_in_a_fixed_order():
-    from datamodules.audio_folder import split_per_class
+    from datamodules.class_folders import split_per_class
 
     labels = np.repeat(np.arange(4), [100, 200, 300, 400])  # stored class by class, as most datasets are
     splits = split_per_class(labels, {"val": 0.1, "test": 0.2}, seed=3)
