@@ -34,9 +34,9 @@ from tasks.flow_metrics import end_point_error, farneback_flow
 
 def flow_figures(predictor: Predictor, task: str, test_pairs: int) -> dict[str, dict[str, float]]:
     """{scene: {"model", "zero", "farneback"}} mean EPE in pixels at the task's working resolution."""
-    plugin = predictor.system.task_plugins[task]
+    plugin = predictor.plugins[task]
     size = plugin.image_size
-    data = predictor.system.run_config.tasks[task].data
+    data = predictor.config.tasks[task].data
     defaults = OpticalFlowDataModule(**{k: v for k, v in data.items() if k != "name"})
     options = defaults.render_options  # the test set of the run's own DataModule settings
     scenes: dict[str, list[FlowPair]] = {
@@ -57,14 +57,14 @@ def flow_figures(predictor: Predictor, task: str, test_pairs: int) -> dict[str, 
 
 def av_figures(predictor: Predictor, task: str) -> dict[str, float]:
     """PSNR of each modality and of its mean-prediction baseline over the test windows."""
-    plugin = predictor.system.task_plugins[task]
-    config = predictor.system.run_config
+    plugin = predictor.plugins[task]
+    config = predictor.config
     datamodule = build_task_datamodule(task, plugin, config.tasks[task].data, config.seed)
     datamodule.setup("test")
     metrics = plugin.build_metrics()
     with torch.no_grad():
         for batch in datamodule.test_dataloader():
-            plugin.update_metrics(metrics, predictor.system(task, batch), batch)
+            plugin.update_metrics(metrics, predictor.network(task, batch), batch)
     return {name: float(value) for name, value in metrics.compute().items()}
 
 
