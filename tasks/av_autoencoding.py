@@ -13,8 +13,9 @@ maps each modality's outputs with a shared Linear and its own Linear: samples pe
 label logits. Training decodes a random subset of each modality's queries (`train_image_queries`,
 `train_audio_queries`); evaluation decodes all.
 
-The loss is each modality's mean squared error divided by the variance of its target in the batch
-(`normalize_loss`): the fraction of that modality's variance left unexplained, so quiet audio (RMS ~0.02)
+The loss is each modality's mean squared error divided by the variance of its target, per window
+(`normalize_loss`; per window so that it is the same on any number of ranks): the fraction of that
+modality's variance left unexplained, so quiet audio (RMS ~0.02)
 weighs as much as pixels and both terms measure what PSNR above the mean prediction measures.
 
 Metrics per modality: PSNR of the reconstruction and of predicting the evaluated data's mean (the
@@ -73,7 +74,8 @@ class AVAutoencodingOptions:
     num_labels: int = 0  # > 0: a label modality, masked on input and predicted (DeepMind's Kinetics: 700)
     label_query_channels: int = 1024  # width of the learned label query (DeepMind: 1024)
     output_channels: int = 512  # the shared output Linear's width before each modality's own (DeepMind: 512)
-    normalize_loss: bool = True  # each modality's MSE / its target's variance; false: plain MSEs
+    normalize_loss: bool = True  # each window's MSE / its target's variance, per modality; false: plain MSEs
+    min_variance: float = 0.01  # floor of that variance (model units): a silent or flat window is not weighted up without bound
     image_loss_weight: float = 1.0
     audio_loss_weight: float = 1.0
     train_image_queries: int = 2048  # video pixels decoded per training window; 0 = all
@@ -208,11 +210,13 @@ class AVAutoencodingTask(Task):
         o = self.options
         total = torch.zeros((), device=outputs["image"].device)
         for modality, weight in (("audio", o.audio_loss_weight), ("image", o.image_loss_weight)):
-            truth = self.decoded_truth(batch, modality)
-            error = F.mse_loss(outputs[modality].float(), truth)
-            if o.normalize_loss:  # the fraction of the modality's variance left unexplained
-                error = error / truth.var(correction=0).clamp_min(1e-8)
-            total = total + weight * error
+            truth = self.decoded_truth(batch, modality)  # (B, O, C)
+            window_axes = tuple(range(1, truth.dim()))
+            error = (outputs[modality].float() - truth).square().mean(dim=window_axes)  # (B,)
+            if o.normalize_loss:  # the fraction of each window's variance left unexplained
+                error = error / truth.var(dim=window_axes, correction=0).clamp_min(o.min_variance)
+            # A mean of per-window terms: the same under DDP/FSDP, which average the ranks' means.
+            total = total + weight * error.mean()
         if "label" in outputs and "label" in batch:
             total = total + F.cross_entropy(outputs["label"][:, 0].float(), batch["label"])
         return total

@@ -98,9 +98,17 @@ def test_loss_is_each_modalitys_unexplained_variance(system):
     batch = window()
     truth = {m: task.decoded_truth(batch, m) for m in ("audio", "image")}
     perfect = task.loss(truth, batch)
-    means = {m: truth[m].mean().expand_as(truth[m]) for m in truth}
+    means = {m: truth[m].mean(dim=(1, 2), keepdim=True).expand_as(truth[m]) for m in truth}  # each window's mean
     assert perfect.item() == pytest.approx(0.0, abs=1e-6)
-    assert task.loss(means, batch).item() == pytest.approx(2.0, rel=1e-4)  # mean prediction: 1 per modality
+    # Mean prediction: 1 per modality, less where a window's variance is under the floor (min_variance).
+    floor = task.options.min_variance
+    expected = sum(float((v / v.clamp_min(floor)).mean()) for v in (truth[m].var(dim=(1, 2), correction=0) for m in truth))
+    assert task.loss(means, batch).item() == pytest.approx(expected, rel=1e-4)
+    assert expected > 1.0
+    # Per window: the loss of a batch is the mean of its windows' losses (what DDP's averaging reproduces).
+    windows = [{"inputs": {m: x[i:i + 1] for m, x in batch["inputs"].items()}} for i in range(2)]
+    assert task.loss(means, batch).item() == pytest.approx(
+        sum(task.loss({m: means[m][i:i + 1] for m in means}, windows[i]).item() for i in range(2)) / 2, rel=1e-5)
 
 
 def test_bad_input_is_one_line_naming_the_task_and_what_it_takes(system):
