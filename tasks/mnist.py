@@ -27,7 +27,9 @@ PREPS = ("patches", "conv")
 
 @dataclass
 class MnistOptions(ClassificationOptions):
-    prep: str = "patches"  # patches | conv: DeepMind's conv + max-pool stem (28 x 28 -> 6 x 6 tokens of conv_channels)
+    # conv: DeepMind's conv + max-pool stem (28 x 28 -> 6 x 6 tokens of conv_channels) | patches: k x k pixels.
+    # The stem is the default: alone, 1,700 steps reach test 0.9795 against 0.9665 with 2x2 patches (README).
+    prep: str = "conv"
     patch_size: int = 2  # prep=patches: pixels per token side: 2 -> 196 tokens of 4 values
     conv_channels: int = 64  # prep=conv: the stem's output channels
     position: str = "fourier"  # fourier | learned

@@ -23,7 +23,7 @@ from perceiver_mt.modalities import pad_point_sets
 
 ENCODER = EncoderConfig(input_channels=16, num_latents=8, latent_channels=32, num_self_attends_per_block=1)
 TINY = {
-    "mnist": {"num_bands": 4, "query_channels": 16, "patch_size": 4},
+    "mnist": {"num_bands": 4, "query_channels": 16, "conv_channels": 8},
     "mnist_points": {"num_bands": 4, "query_channels": 16},
     "mandarin_tones": {"num_bands": 4, "query_channels": 16, "n_mels": 32, "num_samples": 4000},
     "fortunes_language": {"num_bands": 4, "query_channels": 16, "seq_len": 32},
@@ -50,6 +50,7 @@ def raw_inputs(plugin: str):
 
 @pytest.mark.parametrize("plugin, options, tokens", [
     ("mnist", {"prep": "conv", "conv_channels": 8}, 6 * 6),  # 28 -> conv/2 14 -> pool/2 6
+    ("mnist", {"prep": "patches", "patch_size": 2}, 14 * 14),
     ("mandarin_tones", {"frequency_scale": "log", "f_min": 60.0, "f_max": 2000.0, "n_fft": 1024,
                         "frequency_position": False}, 6 * 4),  # 24 frames x 32 bands in 4 x 8 patches
 ])
@@ -99,7 +100,7 @@ def test_wrong_modality_or_shape_is_one_line(plugin, batch, message):
 
 
 def test_an_adapter_or_query_module_of_the_wrong_width_names_its_task():
-    task, model = build("mnist")
+    task, model = build("mnist", prep="patches", patch_size=4)  # 49 tokens of 16 pixels + 18 Fourier features
     install_width_checks(model.tasks, ENCODER.input_channels)
     batch = task.make_batch(raw_inputs("mnist"))
     model.tasks["mnist"].adapter.projection = torch.nn.Linear(16 + 18, 7)  # 7 channels instead of 16

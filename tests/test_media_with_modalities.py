@@ -1,5 +1,6 @@
-"""Optical flow trains beside the other tasks: configs/modalities.yaml plus the task added by dotted overrides
-(the README's lines, at debug size here), every task logging a training loss and its evaluation metrics."""
+"""Optical flow and audio-video autoencoding train beside the other tasks: configs/modalities.yaml plus the two
+tasks added by dotted overrides (the README's lines, at debug size here), every task logging a training loss and
+its evaluation metrics."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import csv
 
 import pytest
 
+from datamodules.megamind import CLIP
 from helpers import REPO, skip_without_modality_data
 from perceiver_mt.config import load_config
 
@@ -17,33 +19,42 @@ FLOW_OVERRIDES = [
     "output_scale: 1.0, query_residual: true}",
     "tasks.optical_flow.data={batch_size: 4, train_samples: 32, val_samples: 4, test_samples: 4}",
 ]
-DEBUG_SIZE = [  # a small encoder, two steps per task (round robin over seven), one evaluation batch each
+AV_OVERRIDES = [  # configs/av_autoencoding.yaml's task at debug_media.yaml's size
+    "tasks.av_autoencoding.plugin=av_autoencoding",
+    "tasks.av_autoencoding.options={frames: 2, image_size: [16, 24], image_bands: 2, audio_bands: 4, "
+    "samples_per_patch: 22, output_channels: 16, train_image_queries: 64, train_audio_queries: 32}",
+    "tasks.av_autoencoding.data={batch_size: 2}",
+]
+DEBUG_SIZE = [  # a small encoder, two steps per task (round robin over eight), one evaluation batch each
     "model.input_channels=16", "model.num_latents=8", "model.latent_channels=32",
     "model.num_self_attention_heads=2", "model.num_self_attends_per_block=1", "model.num_blocks=1",
-    "optim.warmup_steps=2", "trainer.max_steps=14", "trainer.val_check_interval=14", "trainer.log_every_n_steps=1",
+    "optim.warmup_steps=2", "trainer.max_steps=16", "trainer.val_check_interval=16", "trainer.log_every_n_steps=1",
     "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false", "logger.kind=csv", "logger.conflict_every_n_steps=0",
 ]
-EVALUATION = {"optical_flow": "epe", "pydoc_mlm": "masked_acc"}  # the others are classifiers: accuracy
-
+EVALUATION = {"optical_flow": "epe", "pydoc_mlm": "masked_acc", "av_autoencoding": "psnr_audio"}  # others: acc
 
 
 @pytest.mark.slow
-def test_optical_flow_trains_with_the_modalities_config(tmp_path):
+@pytest.mark.skipif(not CLIP.is_file(), reason="Debian opencv-doc is not installed (apt-get install opencv-doc): "
+                                               "no Megamind.avi")
+def test_flow_and_audio_video_train_with_the_modalities_config(tmp_path):
     skip_without_modality_data()
     from perceiver_mt.run import train
 
     config = load_config(REPO / "configs" / "modalities.yaml",
-                         [*FLOW_OVERRIDES, *DEBUG_SIZE, f"output_dir={tmp_path / 'run'}",
+                         [*FLOW_OVERRIDES, *AV_OVERRIDES, *DEBUG_SIZE, f"output_dir={tmp_path / 'run'}",
                           *(f"tasks.{t}.data.batch_size=4" for t in ("digits", "pydoc_mlm", "mnist", "mnist_points",
                                                                       "tones", "languages"))])
-    assert len(config.tasks) == 7 and config.tasks["optical_flow"].options["image_size"] == [16, 24]
+    assert len(config.tasks) == 8 and config.tasks["optical_flow"].options["image_size"] == [16, 24]
     metrics = train(config)
     assert set(metrics) == set(config.tasks)
     for task, row in metrics.items():
         metric = EVALUATION.get(task, "acc")
         assert {f"val/{metric}", f"test/{metric}", "test/loss"} <= set(row), (task, sorted(row))
     assert metrics["optical_flow"]["test/epe"] > 0 and metrics["optical_flow"]["test/zero_flow_epe"] > 0
+    av = metrics["av_autoencoding"]
+    assert all(av[f"test/{kind}_{m}"] > 0 for kind in ("psnr", "baseline_psnr") for m in ("audio", "image"))
     with open(tmp_path / "run" / "logs" / "version_0" / "metrics.csv") as log:
         rows = list(csv.DictReader(log))
     for task in config.tasks:  # a training loss logged for every task
