@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.class_folders import find_class_files, split_per_class
-from perceiver_mt.data import InMemoryDataModule
+from perceiver_mt.data import EpochSeededDataset, InMemoryDataModule
 from perceiver_mt.modalities.audio import fit_length, load_audio, resample
 
 
@@ -28,7 +28,7 @@ def audio_extensions() -> set[str]:
     return {f".{name.lower()}" for name in soundfile.available_formats()} | {".ogg", ".oga", ".opus"}
 
 
-class ClipDataset(Dataset):
+class ClipDataset(EpochSeededDataset):
     """Clips (T,) mono or (channels, T) of any length -> {"inputs": (num_samples,) or (channels, num_samples)
     float32, "target", "index"}."""
 
@@ -41,10 +41,6 @@ class ClipDataset(Dataset):
         self.train = train
         self.speed_range = tuple(speed_range)
         self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.clips)

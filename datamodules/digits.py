@@ -6,10 +6,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from perceiver_mt.data import InMemoryDataModule
+from perceiver_mt.data import EpochSeededDataset, InMemoryDataModule
 
 
-class ShiftedImages(Dataset):
+class ShiftedImages(EpochSeededDataset):
     """Grey images (N, H, W) with values in [0, max_value], served in [0, 1]. With `max_shift` > 0 each image
     moves by up to that many pixels per axis (zero fill), drawn from (seed, epoch, index) so a sample is the
     same on any number of ranks. (The 8x8 digits here, MNIST in datamodules/mnist.py.)"""
@@ -21,10 +21,6 @@ class ShiftedImages(Dataset):
         self.ids = torch.as_tensor(ids, dtype=torch.long)
         self.max_shift = max_shift
         self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.class_folders import split_per_class
-from perceiver_mt.data import InMemoryDataModule
+from perceiver_mt.data import EpochSeededDataset, InMemoryDataModule
 from perceiver_mt.modalities.text import PAD_ID
 from perceiver_mt.packaged_data import debian_path
 
@@ -52,7 +52,7 @@ def load_quotes() -> tuple[list[bytes], np.ndarray]:
     return quotes, np.asarray(labels)
 
 
-class QuoteDataset(Dataset):
+class QuoteDataset(EpochSeededDataset):
     """Quotes -> {"inputs": (seq_len,) byte ids (PAD after a short quote), "target", "index"}."""
 
     def __init__(self, quotes: list[bytes], labels: np.ndarray, ids: np.ndarray, seq_len: int, train: bool,
@@ -63,10 +63,6 @@ class QuoteDataset(Dataset):
         self.seq_len = seq_len
         self.train = train
         self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.quotes)

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.flow_scenes import OPENCV_SAMPLES, require
-from perceiver_mt.data import InMemoryDataModule
+from perceiver_mt.data import EpochSeededDataset, InMemoryDataModule
 from perceiver_mt.modalities import QUERY_INDEX, draw_query_subset
 
 CLIP = OPENCV_SAMPLES / "Megamind.avi"
@@ -88,7 +88,7 @@ def window_starts(clip: Clip, split: str, frames: int, eval_stride: int) -> list
     return list(range(first, end - frames + 1, stride))
 
 
-class ClipWindows(Dataset):
+class ClipWindows(EpochSeededDataset):
     """Windows of `frames` frames from `starts`. With `query_counts` ({"image": n, "audio": m}, training) each
     also carries `query_index`: n pixels and m audio patches drawn from rng (seed, epoch, start), which the
     task decodes instead of all of them (subsampled decoding)."""
@@ -102,10 +102,6 @@ class ClipWindows(Dataset):
         self.query_counts = query_counts or {}
         self.samples_per_patch = samples_per_patch
         self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.starts)

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from datamodules.digits import split_indices
 from datamodules.mnist import IMAGE_SIZE, load_mnist
-from perceiver_mt.data import InMemoryDataModule
+from perceiver_mt.data import EpochSeededDataset, InMemoryDataModule
 from perceiver_mt.modalities import pad_point_sets
 
 
@@ -29,7 +29,7 @@ def image_to_points(image: np.ndarray, threshold: float) -> tuple[np.ndarray, np
     return coords, (image[rows, cols, None] / 255.0).astype(np.float32)
 
 
-class PointSetDataset(Dataset):
+class PointSetDataset(EpochSeededDataset):
     def __init__(self, images: np.ndarray, labels: np.ndarray, ids: np.ndarray, threshold: float, max_points: int,
                  train: bool, jitter: float = 0.5, max_rotation: float = 10.0, seed: int = 0):
         self.sets = [image_to_points(image, threshold) for image in images]
@@ -40,10 +40,6 @@ class PointSetDataset(Dataset):
         self.jitter = jitter * 2 / (IMAGE_SIZE - 1)  # pixels -> coordinate units
         self.max_rotation = math.radians(max_rotation)
         self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.labels)

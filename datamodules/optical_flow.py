@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from datamodules.flow_scenes import (
     TRAIN_PHOTOS, FlowPair, MotionRange, graf_pair, heldout_pairs, motorcycle_pair, render_pair,
 )
-from perceiver_mt.data import InMemoryDataModule
+from perceiver_mt.data import EpochSeededDataset, InMemoryDataModule
 from perceiver_mt.modalities import QUERY_INDEX, draw_query_subset
 
 HELDOUT_SEEDS = {"val": 1001, "test": 1002}  # fixed apart from the run seed: every run sees the same pairs
@@ -28,7 +28,7 @@ def pair_sample(pair: FlowPair, index: int) -> dict[str, torch.Tensor]:
             "valid": torch.from_numpy(pair.valid), "index": torch.tensor(index, dtype=torch.long)}
 
 
-class SyntheticFlowDataset(Dataset):
+class SyntheticFlowDataset(EpochSeededDataset):
     """`num_samples` pairs per epoch, pair i of epoch e rendered from rng (seed, e, i).
 
     With `train_queries` > 0 each sample also carries `query_index`: that many distinct pixels, drawn
@@ -42,10 +42,6 @@ class SyntheticFlowDataset(Dataset):
         self.seed = seed
         self.train_queries = train_queries
         self.render_options = render_options
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return self.num_samples

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from perceiver_mt.data import InMemoryDataModule
+from perceiver_mt.data import EpochSeededDataset, InMemoryDataModule
 from perceiver_mt.modalities.text import MASK_ID
 
 
@@ -55,7 +55,7 @@ def mask_bytes(chunk: np.ndarray, mask_prob: float, rng: np.random.Generator) ->
     }
 
 
-class MaskedBytesDataset(Dataset):
+class MaskedBytesDataset(EpochSeededDataset):
     """Chunks of `seq_len` bytes. Training chunks start at a random shift that changes every epoch."""
 
     def __init__(self, text: bytes, seq_len: int, mask_prob: float, seed: int, train: bool):
@@ -64,11 +64,7 @@ class MaskedBytesDataset(Dataset):
         self.mask_prob = mask_prob
         self.seed = seed
         self.train = train
-        self.epoch = 0
         self.num_chunks = (len(self.data) - 1) // seq_len - (1 if train else 0)  # leave room for the shift
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return self.num_chunks

@@ -70,6 +70,16 @@ def eval_loader(
     return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, **kwargs)
 
 
+class EpochSeededDataset(Dataset):
+    """A map-style dataset whose training samples are drawn from (seed, epoch, index), e.g. augmentations: the
+    multi-task stream calls `set_epoch` at each epoch, so a resumed run draws what an unbroken one would."""
+
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
 class InMemoryDataModule(LightningDataModule):
     """A task DataModule whose splits are map-style datasets built once by `build_splits()`.
 
