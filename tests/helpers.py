@@ -163,3 +163,13 @@ def skip_without_modality_data() -> None:
             load()
         except MissingData as missing:
             pytest.skip(str(missing))
+
+
+def needs_megamind():
+    """A pytest mark that skips, naming the package, where Debian's opencv-doc (Megamind.avi) is missing."""
+    import pytest
+
+    from datamodules.megamind import CLIP
+
+    return pytest.mark.skipif(not CLIP.is_file(), reason="Debian opencv-doc is not installed "
+                                                         "(apt-get install opencv-doc): no Megamind.avi")

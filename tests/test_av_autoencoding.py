@@ -15,10 +15,7 @@ from perceiver_mt.inference import Predictor
 from perceiver_mt.system import MultiTaskSystem
 from tasks.av_parts import MeanPredictionPSNR, ReconstructionPSNR
 
-from helpers import REPO
-
-needs_clip = pytest.mark.skipif(not CLIP.is_file(), reason="Debian opencv-doc is not installed "
-                                                           "(apt-get install opencv-doc): no Megamind.avi")
+from helpers import REPO, needs_megamind
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +32,7 @@ def window(batch: int = 2, seed: int = 0) -> dict:
                        "image": torch.randint(0, 256, (batch, 2, 16, 24, 3), generator=generator, dtype=torch.uint8)}}
 
 
-@needs_clip
+@needs_megamind()
 @pytest.mark.slow
 def test_megamind_decodes_video_and_audio_on_one_timeline():
     clip = load_clip(CLIP, (48, 64))
@@ -149,7 +146,7 @@ def test_predictor_reconstructs_both_modalities_and_media_shows_them(system):
     assert media["audio_rebuilt"].samples.shape == (4004,)
 
 
-@needs_clip
+@needs_megamind()
 @pytest.mark.slow
 def test_a_short_training_run_on_the_clip_lowers_the_loss_of_both_modalities(tmp_path):
     from perceiver_mt.run import train

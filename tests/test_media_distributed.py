@@ -9,15 +9,13 @@ from pathlib import Path
 import pytest
 
 import distributed_helpers as runs
-from datamodules.megamind import CLIP
 from distributed_helpers import assert_same_parameters, assert_same_training
-from helpers import REPO
+from helpers import REPO, needs_megamind
 
 MEDIA_CONFIG = REPO / "configs" / "debug_media.yaml"
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow,
-              pytest.mark.skipif(not CLIP.is_file(), reason="Debian opencv-doc is not installed "
-                                                            "(apt-get install opencv-doc): no Megamind.avi")]
+              needs_megamind()]
 
 
 def per_rank_batch(scale: int) -> list[str]:

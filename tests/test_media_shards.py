@@ -9,8 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from helpers import REPO
-from datamodules.megamind import CLIP
+from helpers import REPO, needs_megamind
 from datamodules.webdataset import WebDatasetDataModule
 from perceiver_mt.config import load_config
 from perceiver_mt.run import build_task_datamodule, train
@@ -19,8 +18,7 @@ from perceiver_mt.shards.writer import build_task, write_task
 MEDIA_CONFIG = REPO / "configs" / "debug_media.yaml"
 TASKS = ["optical_flow", "av_autoencoding"]
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not CLIP.is_file(), reason="Debian opencv-doc is not installed "
-                                                   "(apt-get install opencv-doc): no Megamind.avi")]
+pytestmark = [pytest.mark.slow, needs_megamind()]
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,7 @@ import csv
 
 import pytest
 
-from datamodules.megamind import CLIP
-from helpers import REPO, skip_without_modality_data
+from helpers import REPO, needs_megamind, skip_without_modality_data
 from perceiver_mt.config import load_config
 
 # What the README adds to `python train.py --config configs/modalities.yaml`, at configs/debug_media.yaml's size.
@@ -36,8 +35,7 @@ EVALUATION = {"optical_flow": "epe", "pydoc_mlm": "masked_acc", "av_autoencoding
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not CLIP.is_file(), reason="Debian opencv-doc is not installed (apt-get install opencv-doc): "
-                                               "no Megamind.avi")
+@needs_megamind()
 def test_flow_and_audio_video_train_with_the_modalities_config(tmp_path):
     skip_without_modality_data()
     from perceiver_mt.run import train

@@ -130,7 +130,6 @@ class GridPatches(nn.Module):
                                                    **encoding.feature_options)
 
 
-
 class FeaturesOfPatches(nn.Module):
     """A preprocessor whose features are made last by a `GridPatches` it holds as `patches` (a conv stem's
     output, a log-mel spectrogram): its channel groups, width and token count are those patches'."""
