@@ -89,6 +89,8 @@ class MultiTaskSystem(LightningModule):
     def _shared_step(self, split: str, task: str, batch: Batch) -> torch.Tensor:
         plugin = self.task_plugins[task]
         check_task_batch(plugin, batch)
+        if split == "train":
+            plugin.step = self.global_step
         outputs = self.model(task, batch)
         loss = plugin.loss(outputs, batch)
         metrics = self.metrics[f"{split}_metrics"][task]

@@ -46,6 +46,9 @@ class Task(abc.ABC):
         self.name = name  # the task *instance* name from the config (two instances may share a plugin)
         self.options = options
         self.encoder = encoder
+        # The run's optimizer step (all tasks' steps), set by the system before each training loss, so that a
+        # task may schedule its loss; it comes back with the trainer's step on resume. 0 before training.
+        self.step = 0
 
     # --- model parts -------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -78,6 +78,11 @@ class AVAutoencodingOptions:
     min_variance: float = 0.01  # floor of that variance (model units): a silent or flat window is not weighted up without bound
     image_loss_weight: float = 1.0
     audio_loss_weight: float = 1.0
+    # Optimizer steps of the run (Task.step) that train the audio alone, the video's loss weighed 0. Each audio
+    # query must find its own patch among many more video tokens, and every latent starts as an average in which
+    # the patches' waveforms cancel: with the video's loss on from the start, the audio stays at the mean for
+    # 4,000 steps; alone, it leaves the mean after ~700 (README, audio-video).
+    audio_first_steps: int = 0
     train_image_queries: int = 2048  # video pixels decoded per training window; 0 = all
     train_audio_queries: int = 256  # audio patches decoded per training window; 0 = all
     # Where a query sits on its axis of n: "grid" = the grid's own positions, -1 + 2 i / (n - 1) (DeepMind's full
@@ -209,7 +214,8 @@ class AVAutoencodingTask(Task):
     def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
         o = self.options
         total = torch.zeros((), device=outputs["image"].device)
-        for modality, weight in (("audio", o.audio_loss_weight), ("image", o.image_loss_weight)):
+        image_weight = o.image_loss_weight if self.step >= o.audio_first_steps else 0.0
+        for modality, weight in (("audio", o.audio_loss_weight), ("image", image_weight)):
             truth = self.decoded_truth(batch, modality)  # (B, O, C)
             window_axes = tuple(range(1, truth.dim()))
             error = (outputs[modality].float() - truth).square().mean(dim=window_axes)  # (B,)

@@ -3,6 +3,7 @@ against a direct computation, subsampled decoding equal to full decoding, one-li
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -148,6 +149,41 @@ def test_predictor_reconstructs_both_modalities_and_media_shows_them(system):
 
 @needs_megamind()
 @pytest.mark.slow
+def test_audio_first_steps_weigh_the_video_loss_zero_until_that_step(system, monkeypatch):
+    task = system.task_plugins["av_autoencoding"]
+    monkeypatch.setattr(task, "options", dataclasses.replace(task.options, audio_first_steps=5))
+    batch = window()
+    truth = {m: task.decoded_truth(batch, m) for m in ("audio", "image")}
+    wrong_video = {"audio": truth["audio"], "image": truth["image"] + 0.5}
+    monkeypatch.setattr(task, "step", 4)
+    assert task.loss(wrong_video, batch).item() == pytest.approx(0.0, abs=1e-6)
+    monkeypatch.setattr(task, "step", 5)
+    assert task.loss(wrong_video, batch).item() > 1.0
+
+
+@needs_megamind()
+@pytest.mark.slow
+def test_training_tells_the_task_each_step_it_trains(tmp_path, monkeypatch):
+    from perceiver_mt.run import train
+    from tasks.av_autoencoding import AVAutoencodingTask
+
+    seen: list[int] = []
+    original = AVAutoencodingTask.loss
+
+    def recording_loss(self, outputs, batch):
+        if self.options.audio_first_steps == 3:  # only the run below sets this
+            seen.append(self.step)
+        return original(self, outputs, batch)
+
+    monkeypatch.setattr(AVAutoencodingTask, "loss", recording_loss)
+    config = load_config(REPO / "configs" / "debug_media.yaml",
+                         [f"output_dir={tmp_path}", "logger.kind=none", "trainer.max_steps=4", "trainer.limit_val_batches=0",
+                          "tasks.av_autoencoding.options.audio_first_steps=3"])
+    config.tasks = {"av_autoencoding": config.tasks["av_autoencoding"]}
+    train(config)
+    assert seen[:4] == [0, 1, 2, 3]
+
+
 def test_a_short_training_run_on_the_clip_lowers_the_loss_of_both_modalities(tmp_path):
     from perceiver_mt.run import train
 
