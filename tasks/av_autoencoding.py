@@ -91,6 +91,7 @@ class AVAutoencodingOptions:
     query_positions: str = "grid"
     decoder_qk_channels: int | None = None  # the decoder's query/key width; None = the latents' (Hugging Face's)
     decoder_v_channels: int | None = None  # its value width; None = the query/key width
+    decoder_query_gain: float = 1.0  # the decoder's query weights start this many times larger (DecoderConfig)
 
     @property
     def audio_samples(self) -> int:
@@ -183,7 +184,7 @@ class AVAutoencodingTask(Task):
         o = self.options
         qk = o.decoder_qk_channels or self.encoder.latent_channels  # Hugging Face's default: the latents' width
         return DecoderConfig(query_channels=self.query_channels, qk_channels=qk, v_channels=o.decoder_v_channels or qk,
-                             query_residual=False)
+                             query_residual=False, query_gain=o.decoder_query_gain)
 
     def build_head(self) -> nn.Module:
         o = self.options

@@ -97,3 +97,26 @@ def test_decoder_query_residual_switch():
     mlp = with_residual.cross_attention.mlp
     torch.testing.assert_close(with_residual(queries, latents), queries + attended + mlp(queries + attended))
     torch.testing.assert_close(without(queries, latents), attended + mlp(attended))
+
+
+def test_query_gains_scale_only_the_cross_attention_query_weights_at_init():
+    def built(gain: float) -> tuple[PerceiverEncoder, PerceiverDecoder]:
+        torch.manual_seed(0)
+        encoder = PerceiverEncoder(EncoderConfig(**SMALL, cross_attention_query_gain=gain))
+        decoder = PerceiverDecoder(DecoderConfig(query_channels=16, query_gain=gain), SMALL["latent_channels"])
+        return encoder, decoder
+
+    plain, sharp = built(1.0), built(4.0)
+    for before, after in zip(plain, sharp):
+        for (name, a), (_, b) in zip(before.named_parameters(), after.named_parameters()):
+            is_query = name.endswith("attention.to_q.weight") and "self_attentions" not in name
+            torch.testing.assert_close(b, 4.0 * a if is_query else a, msg=name)
+    # Sharper: the first cross-attention's weights over the tokens spread further from uniform.
+    tokens = torch.randn(2, 50, SMALL["input_channels"])
+
+    def attention_spread(encoder: PerceiverEncoder) -> float:
+        layer = encoder.cross_attentions[0]
+        q = layer.attention.to_q(layer.q_norm(encoder.latents))
+        k = layer.attention.to_k(layer.kv_norm(tokens))
+        return (q @ k.transpose(-1, -2)).std().item()
+    assert attention_spread(sharp[0]) == pytest.approx(4.0 * attention_spread(plain[0]), rel=1e-4)

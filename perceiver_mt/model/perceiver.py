@@ -28,6 +28,9 @@ class EncoderConfig:
     cross_attention_qk_channels: int | None = None  # None = latent_channels
     cross_attention_v_channels: int | None = None  # None = qk channels
     cross_attention_widening_factor: int = 1
+    # The cross-attention's query weights start this many times larger than fan-in: sharper first attention, so
+    # that latents take single tokens early (inputs whose tokens cancel when averaged, e.g. raw audio, need it).
+    cross_attention_query_gain: float = 1.0
     num_cross_attends: int = 1  # >1 = iterative attention (Perceiver v1); weights shared after the first
     num_self_attention_heads: int = 4
     self_attention_qk_channels: int | None = None
@@ -46,6 +49,7 @@ class DecoderConfig:
     v_channels: int | None = None
     widening_factor: int = 1
     query_residual: bool = True  # add the query back after attention (off for pure-position queries)
+    query_gain: float = 1.0  # the query weights start this many times larger than fan-in (EncoderConfig's note)
     dropout: float = 0.0
 
 
@@ -81,6 +85,9 @@ class PerceiverEncoder(nn.Module):
             for _ in range(c.num_self_attends_per_block)
         )
         fan_in_init_(self)
+        with torch.no_grad():
+            for layer in self.cross_attentions:
+                layer.attention.to_q.weight.mul_(c.cross_attention_query_gain)
 
     def forward(self, tokens: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         """tokens: (B, M, C), pad_mask: (B, M) True = padding  ->  latents (B, N, D)."""
@@ -107,6 +114,8 @@ class PerceiverDecoder(nn.Module):
             config.v_channels, config.widening_factor, config.query_residual, config.dropout,
         )
         fan_in_init_(self)
+        with torch.no_grad():
+            self.cross_attention.attention.to_q.weight.mul_(config.query_gain)
 
     def forward(self, queries: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """queries: (B, O, Cq), latents: (B, N, D)  ->  (B, O, Cq)."""
