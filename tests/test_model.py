@@ -120,3 +120,11 @@ def test_query_gains_scale_only_the_cross_attention_query_weights_at_init():
         k = layer.attention.to_k(layer.kv_norm(tokens))
         return (q @ k.transpose(-1, -2)).std().item()
     assert attention_spread(sharp[0]) == pytest.approx(4.0 * attention_spread(plain[0]), rel=1e-4)
+
+
+@pytest.mark.parametrize("gain", [0.0, -1.0])
+def test_a_query_gain_that_is_not_positive_is_refused(gain):
+    with pytest.raises(ValueError, match="cross_attention_query_gain=.* must be > 0"):
+        PerceiverEncoder(EncoderConfig(**SMALL, cross_attention_query_gain=gain))
+    with pytest.raises(ValueError, match="query_gain=.* must be > 0"):
+        PerceiverDecoder(DecoderConfig(query_channels=16, query_gain=gain), SMALL["latent_channels"])

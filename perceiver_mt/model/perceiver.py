@@ -63,6 +63,9 @@ class PerceiverEncoder(nn.Module):
                 f"num_cross_attends={config.num_cross_attends} must be <= num_blocks={config.num_blocks}: "
                 "each cross-attend precedes one application of the latent block"
             )
+        if not config.cross_attention_query_gain > 0:
+            raise ValueError(f"cross_attention_query_gain={config.cross_attention_query_gain} must be > 0 (1 = fan-in "
+                             "init; larger = sharper first attention)")
         self.config = config
         c = config
         self.latents = nn.Parameter(torch.empty(c.num_latents, c.latent_channels))
@@ -108,6 +111,9 @@ class PerceiverDecoder(nn.Module):
 
     def __init__(self, config: DecoderConfig, latent_channels: int):
         super().__init__()
+        if not config.query_gain > 0:
+            raise ValueError(f"decoder query_gain={config.query_gain} must be > 0 (1 = fan-in init; larger = sharper "
+                             "first attention)")
         self.config = config
         self.cross_attention = CrossAttentionLayer(
             config.query_channels, latent_channels, config.num_heads, config.qk_channels,
