@@ -147,8 +147,6 @@ def test_predictor_reconstructs_both_modalities_and_media_shows_them(system):
     assert media["audio_rebuilt"].samples.shape == (4004,)
 
 
-@needs_megamind()
-@pytest.mark.slow
 def test_audio_first_steps_weigh_the_video_loss_zero_until_that_step(system, monkeypatch):
     task = system.task_plugins["av_autoencoding"]
     monkeypatch.setattr(task, "options", dataclasses.replace(task.options, audio_first_steps=5))
@@ -184,6 +182,8 @@ def test_training_tells_the_task_each_step_it_trains(tmp_path, monkeypatch):
     assert seen[:4] == [0, 1, 2, 3]
 
 
+@needs_megamind()
+@pytest.mark.slow
 def test_a_short_training_run_on_the_clip_lowers_the_loss_of_both_modalities(tmp_path):
     from perceiver_mt.run import train
 
