@@ -24,3 +24,12 @@ def fan_in_init_(module: nn.Module) -> nn.Module:
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
     return module
+
+
+@torch.no_grad()
+def sharpen_queries_(layer: nn.Module, gain: float, option: str) -> None:
+    """Multiply a cross-attention layer's initial query weights by `gain` (> 0; the config `option` names it in
+    the error): larger makes its first attention more selective than fan-in init alone."""
+    if not gain > 0:
+        raise ValueError(f"{option}={gain} must be > 0 (1 = fan-in init; larger = sharper first attention)")
+    layer.attention.to_q.weight.mul_(gain)

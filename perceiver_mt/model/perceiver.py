@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from perceiver_mt.model.attention import CrossAttentionLayer, SelfAttentionLayer
-from perceiver_mt.model.init import fan_in_init_
+from perceiver_mt.model.init import fan_in_init_, sharpen_queries_
 
 
 @dataclass
@@ -63,9 +63,6 @@ class PerceiverEncoder(nn.Module):
                 f"num_cross_attends={config.num_cross_attends} must be <= num_blocks={config.num_blocks}: "
                 "each cross-attend precedes one application of the latent block"
             )
-        if not config.cross_attention_query_gain > 0:
-            raise ValueError(f"cross_attention_query_gain={config.cross_attention_query_gain} must be > 0 (1 = fan-in "
-                             "init; larger = sharper first attention)")
         self.config = config
         c = config
         self.latents = nn.Parameter(torch.empty(c.num_latents, c.latent_channels))
@@ -88,9 +85,8 @@ class PerceiverEncoder(nn.Module):
             for _ in range(c.num_self_attends_per_block)
         )
         fan_in_init_(self)
-        with torch.no_grad():
-            for layer in self.cross_attentions:
-                layer.attention.to_q.weight.mul_(c.cross_attention_query_gain)
+        for layer in self.cross_attentions:
+            sharpen_queries_(layer, c.cross_attention_query_gain, "cross_attention_query_gain")
 
     def forward(self, tokens: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         """tokens: (B, M, C), pad_mask: (B, M) True = padding  ->  latents (B, N, D)."""
@@ -111,17 +107,13 @@ class PerceiverDecoder(nn.Module):
 
     def __init__(self, config: DecoderConfig, latent_channels: int):
         super().__init__()
-        if not config.query_gain > 0:
-            raise ValueError(f"decoder query_gain={config.query_gain} must be > 0 (1 = fan-in init; larger = sharper "
-                             "first attention)")
         self.config = config
         self.cross_attention = CrossAttentionLayer(
             config.query_channels, latent_channels, config.num_heads, config.qk_channels,
             config.v_channels, config.widening_factor, config.query_residual, config.dropout,
         )
         fan_in_init_(self)
-        with torch.no_grad():
-            self.cross_attention.attention.to_q.weight.mul_(config.query_gain)
+        sharpen_queries_(self.cross_attention, config.query_gain, "decoder query_gain")
 
     def forward(self, queries: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """queries: (B, O, Cq), latents: (B, N, D)  ->  (B, O, Cq)."""
