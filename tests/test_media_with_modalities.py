@@ -23,7 +23,7 @@ AV_OVERRIDES = [  # configs/av_autoencoding.yaml's task at debug_media.yaml's si
     "tasks.av_autoencoding.options={frames: 2, image_size: [16, 24], image_bands: 2, audio_bands: 4, "
     "samples_per_patch: 22, output_channels: 16, train_image_queries: 64, train_audio_queries: 32, "
     "decoder_query_gain: 4.0, audio_first_steps: 8}",
-    "tasks.av_autoencoding.data={batch_size: 2}",
+    "tasks.av_autoencoding.data={batch_size: 2, train_zoom: 2.0}",
 ]
 DEBUG_SIZE = [  # a small encoder, two steps per task (round robin over eight), one evaluation batch each
     "model.input_channels=16", "model.num_latents=8", "model.latent_channels=32",
