@@ -191,8 +191,9 @@ def heldout_pairs(count: int, size: tuple[int, int], seed: int = 1234, **options
     return [render_pair(HELDOUT_PHOTOS, size, np.random.default_rng((seed, i)), **options) for i in range(count)]
 
 
-def resize_pair(frames: tuple[np.ndarray, np.ndarray], size: tuple[int, int]) -> np.ndarray:
-    """Two (h, w, 3) uint8 images -> (2, H, W, 3) uint8 at the working size (area averaging)."""
+def resize_frames(frames: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """T (h, w, 3) uint8 images (a pair, a window of video) -> (T, H, W, 3) uint8 at the working size (area
+    averaging)."""
     cv2 = require("cv2", "opencv-python-headless")
     H, W = size
     return np.stack([cv2.resize(f, (W, H), interpolation=cv2.INTER_AREA) for f in frames])
@@ -214,7 +215,7 @@ def motorcycle_pair(size: tuple[int, int] = (64, 96)) -> FlowPair:
     valid = coverage >= 0.75
     flow = np.zeros((H, W, 2), np.float32)
     flow[..., 0] = np.where(valid, -mean / np.maximum(coverage, 1e-6) * (W / disparity.shape[1]), 0)
-    return FlowPair(resize_pair((left, right), size), flow, valid)
+    return FlowPair(resize_frames((left, right), size), flow, valid)
 
 
 def graf_pair(size: tuple[int, int] = (64, 80), samples: Path = OPENCV_SAMPLES) -> FlowPair | None:
@@ -235,4 +236,4 @@ def graf_pair(size: tuple[int, int] = (64, 80), samples: Path = OPENCV_SAMPLES) 
     sx, sy = W / w, H / h
     scale = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
     flow, valid = homography_flow(scale @ homography @ np.linalg.inv(scale), size)
-    return FlowPair(resize_pair(tuple(images), size), flow, valid)
+    return FlowPair(resize_frames(tuple(images), size), flow, valid)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.flow_scenes import OPENCV_SAMPLES, require
+from datamodules.flow_scenes import OPENCV_SAMPLES, require, resize_frames
 from perceiver_mt.data import EpochSeededDataset, InMemoryDataModule
 from perceiver_mt.modalities import QUERY_INDEX, draw_query_subset
 
@@ -94,13 +94,11 @@ def window_starts(clip: Clip, split: str, frames: int, eval_stride: int) -> list
 def random_zoom(frames: np.ndarray, size: tuple[int, int], zoom: float, rng: np.random.Generator) -> np.ndarray:
     """One crop of all `frames` (T, H', W', 3), its sides 1/s of theirs with s drawn log-uniformly from
     [1, zoom], at a uniformly drawn place, each frame resized to `size` (H, W) by area averaging."""
-    cv2 = require("cv2", "opencv-python-headless")
     height, width = frames.shape[1:3]
     scale = float(np.exp(rng.uniform(0.0, np.log(zoom))))
     h, w = max(1, round(height / scale)), max(1, round(width / scale))
     top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
-    return np.stack([cv2.resize(frame[top:top + h, left:left + w], size[::-1], interpolation=cv2.INTER_AREA)
-                     for frame in frames])
+    return resize_frames(frames[:, top:top + h, left:left + w], size)
 
 
 class ClipWindows(EpochSeededDataset):
