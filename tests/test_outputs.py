@@ -94,7 +94,9 @@ def test_checkpoint_killed_at_any_moment_of_its_write_leaves_the_previous_one_wh
     context = multiprocessing.get_context("fork")  # torch is loaded already: a new writer starts in milliseconds
     started = time.monotonic()
     AtomicCheckpointIO().save_checkpoint({"version": 0, "weights": torch.zeros(size)}, target)
-    write_s = time.monotonic() - started
+    # A floor: on a fast disk one write takes a few ms, less than a forked writer needs to start, and kills
+    # that all land before its first write ends would never see a new version.
+    write_s = max(time.monotonic() - started, 0.02)
     rng = random.Random(0)
     kills, inside_a_write, last_version = 30, 0, 0
     for _ in range(kills):
